@@ -1,0 +1,101 @@
+"""KV cache and batched sampling: one engine for evaluation and for GRPO rollouts.
+
+Prompts of different lengths are left-padded into one batch. Each row's RoPE positions start at 0 at its
+first real token, and pad positions get document id -1 while real tokens get 0, so the attention mask keeps
+real tokens from ever seeing a pad (the same `doc_ids` rule that separates packed documents). The prompt is
+run once (prefill) to fill the cache; each new token then costs one forward of length 1 over the cache.
+"""
+from __future__ import annotations
+
+import torch
+
+from model.gpt import GPT
+
+
+class KVCache:
+    """Keys and values of every layer, (n_layer, B, n_kv_head, capacity, head_dim), filled left to right."""
+
+    def __init__(self, model: GPT, batch: int, capacity: int, dtype: torch.dtype | None = None):
+        c = model.cfg
+        dtype = dtype or model.wte.weight.dtype
+        shape = (c.n_layer, batch, c.n_kv_head, capacity, c.head_dim)
+        device = model.wte.weight.device
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # positions filled so far (the same for every layer once a forward completes)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, Hkv, T, D) after the cached positions; return views of everything cached."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.k.size(3):
+            raise ValueError(f"KV cache full: {end} positions needed, capacity {self.k.size(3)}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator=None) -> torch.Tensor:
+    """One token per row from logits (B, V): greedy at temperature 0, else softmax(logits/T) over the top k."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    stop_id: int | None = None,
+    pad_id: int = 0,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Complete every prompt; each completion ends at (and includes) `stop_id` or after max_new_tokens."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt, and every prompt at least one token")
+    device = model.wte.weight.device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    if P + max_new_tokens > model.cfg.seq_len:
+        raise ValueError(
+            f"prompt length {P} + max_new_tokens {max_new_tokens} exceeds the model context "
+            f"model.seq_len={model.cfg.seq_len}"
+        )
+    pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,) left padding per row
+    idx = torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts], device=device)  # (B, P)
+    slot = torch.arange(P + max_new_tokens, device=device)  # (P + N,)
+    doc_ids = torch.where(slot[None, :] < pad[:, None], -1, 0).to(torch.int32)  # (B, P + N)
+    positions = (slot[None, :P] - pad[:, None]).clamp(min=0)  # (B, P)
+
+    cache = KVCache(model, B, P + max_new_tokens, dtype=_cache_dtype(model))
+    hidden = model(idx, doc_ids=doc_ids[:, :P], positions=positions, cache=cache)  # prefill
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        tok = sample_next(model.logits(hidden[:, -1]), temperature, top_k, generator)  # (B,)
+        for b in (~done).nonzero().flatten().tolist():
+            out[b].append(int(tok[b]))
+        if stop_id is not None:
+            done |= tok == stop_id
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        pos = (P + t - pad)[:, None]  # (B, 1)
+        hidden = model(tok[:, None], doc_ids=doc_ids[:, : P + t + 1], positions=pos, cache=cache)
+    return out
+
+
+def _cache_dtype(model: GPT) -> torch.dtype:
+    """bf16 under CUDA autocast (what the projections produce there), else the weights' dtype."""
+    if torch.is_autocast_enabled("cuda") and model.wte.weight.is_cuda:
+        return torch.get_autocast_dtype("cuda")
+    return model.wte.weight.dtype

@@ -1,0 +1,276 @@
+"""Typed run configuration: dataclasses, named presets, and `--key=value` overrides checked against them.
+
+A run is `RunConfig`: the model, the optimiser, the task knobs, and a list of phases. A phase is data:
+which objective, which data, how many steps, batch sizes and its LR schedule. Overrides address fields by
+path: `--seed=1`, `--model.n_layer=6`, `--optim.lr=1e-3`, and a phase by its name: `--pretrain.steps=500`.
+Every value is parsed to the field's declared type; unknown keys and bad values raise `ConfigError` naming
+the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+
+from model.gpt import GPTConfig
+
+
+class ConfigError(ValueError):
+    """A bad key or value in the run configuration (printed as one line by the CLI)."""
+
+
+def choice(default, choices: tuple, help_: str = ""):
+    return field(default=default, metadata={"choices": choices, "help": help_})
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3  # peak learning rate (a phase scales it with lr_scale)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices (never on embeddings)
+    beta1: float = 0.9  # AdamW β1
+    beta2: float = 0.95  # AdamW β2
+    eps: float = 1e-8  # AdamW ε
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
+
+    def __post_init__(self):
+        _positive(self, "lr", "eps")
+        _nonnegative(self, "weight_decay", "grad_clip")
+
+
+@dataclass
+class TaskConfig:
+    digits: int = 3  # operands have 1..digits digits
+    ops: str = "+-"  # operations, a subset of "+-*"
+    eval_problems: int = 200  # held-out problems for task accuracy
+    max_new_tokens: int = 48  # generation budget when evaluating task accuracy
+    pass_k: int = 4  # samples per problem for pass@k (0 disables)
+
+
+@dataclass
+class PhaseConfig:
+    name: str = "pretrain"  # unique; overrides address the phase by it (--<name>.<field>=...)
+    objective: str = choice("pretrain", ("pretrain",), "what the phase optimises")
+    data: str = "embedded"  # "embedded" (generated tasks) or a path to .txt / .jsonl
+    mix: str = "facts=1,worked=1,chat=1"  # embedded pretraining documents: kind=weight, kinds facts/worked/chat
+    steps: int = 100  # optimiser steps in this phase
+    batch_size: int = 16  # rows per optimiser step
+    micro_batch_size: int = 16  # rows per forward/backward (batch_size / micro_batch_size accumulation steps)
+    lr_scale: float = 1.0  # peak LR of this phase = optim.lr × lr_scale
+    warmup_steps: int = 10  # linear warm-up from 0
+    decay: str = choice("cosine", ("cosine", "linear", "constant"), "LR decay after warm-up")
+    min_lr_ratio: float = 0.1  # LR at the end of the phase, as a fraction of its peak
+    eval_every: int = 0  # evaluate every N steps inside the phase (0: only at its end)
+    reset_optimizer: bool = False  # start the phase with fresh AdamW moments
+
+    def __post_init__(self):
+        _positive(self, "steps", "batch_size", "micro_batch_size")
+        _nonnegative(self, "warmup_steps", "eval_every", "lr_scale", "min_lr_ratio")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"{self.name}.batch_size={self.batch_size} must be a multiple of "
+                f"{self.name}.micro_batch_size={self.micro_batch_size}"
+            )
+
+
+@dataclass
+class RunConfig:
+    preset: str = "default"  # the preset these values started from
+    seed: int = 0  # seeds the model init, the data order and sampling
+    out: str = ""  # run folder (default: runs/<preset>-<seed>-<time>)
+    device: str = choice("auto", ("auto", "cpu", "cuda"), "where to train")
+    dtype: str = choice("auto", ("auto", "fp32", "bf16"), "autocast dtype: auto = bf16 on CUDA, fp32 on CPU")
+    tokenizer: str = "bpe"  # "bpe" (trained on the run's text), "gpt2" (tiktoken, downloads once), or a tokenizer.json
+    vocab_size: int = 512  # BPE vocabulary size when tokenizer=bpe
+    log_every: int = 10  # console/metrics line every N steps
+    ckpt_every: int = 0  # checkpoint every N steps (0: at the end of every phase only)
+    wandb: bool = False  # log to Weights & Biases (WANDB_MODE=offline works without network)
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    model: GPTConfig = field(default_factory=GPTConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    phases: list[PhaseConfig] = field(default_factory=list)
+
+    def __post_init__(self):
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"phase names must be unique, got {names}")
+        reserved = {f.name for f in dataclasses.fields(self)} & set(names)
+        if reserved:
+            raise ConfigError(f"phase name(s) {sorted(reserved)} clash with run fields; rename the phase")
+
+    def phase(self, name: str) -> PhaseConfig:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise ConfigError(f"no phase named {name!r}; phases: {[p.name for p in self.phases]}")
+
+
+def _positive(obj, *names):
+    for n in names:
+        if not getattr(obj, n) > 0:
+            raise ConfigError(f"{n}={getattr(obj, n)} must be > 0")
+
+
+def _nonnegative(obj, *names):
+    for n in names:
+        if not getattr(obj, n) >= 0:
+            raise ConfigError(f"{n}={getattr(obj, n)} must be >= 0")
+
+
+# ------------------------------------------------------------------------------------------- presets
+def _default() -> RunConfig:
+    """The embedded curriculum: two pretraining phases with different document mixes."""
+    return RunConfig(
+        preset="default",
+        model=GPTConfig(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, seq_len=256),
+        optim=OptimConfig(lr=3e-3),
+        phases=[
+            PhaseConfig(name="pretrain", mix="facts=2,worked=2,chat=1", steps=400, batch_size=16, eval_every=200),
+            PhaseConfig(name="pretrain2", mix="facts=1,worked=2,chat=3", steps=300, batch_size=16,
+                        warmup_steps=0, lr_scale=0.5),
+        ],
+    )
+
+
+def _smoke() -> RunConfig:
+    """Every phase of the default schedule for a few steps on a tiny model (seconds on a CPU; tests use it)."""
+    cfg = _default()
+    cfg.preset, cfg.vocab_size, cfg.log_every = "smoke", 320, 2
+    cfg.model = GPTConfig(n_layer=2, n_head=2, n_kv_head=1, n_embd=32, seq_len=128)
+    cfg.task = TaskConfig(digits=2, eval_problems=8, max_new_tokens=24, pass_k=2)
+    for p in cfg.phases:
+        p.steps, p.batch_size, p.micro_batch_size, p.warmup_steps, p.eval_every = 4, 4, 2, 1, 0
+    return cfg
+
+
+PRESETS: dict[str, typing.Callable[[], RunConfig]] = {"default": _default, "smoke": _smoke}
+
+
+# ------------------------------------------------------------------------------------------- overrides
+def _parse(key: str, raw: str, typ, meta: dict):
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if raw.lower() in ("none", "null", ""):
+            return None
+        return _parse(key, raw, args[0], meta)
+    try:
+        if typ is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        value = int(raw) if typ is int else float(raw) if typ is float else raw
+    except ValueError:
+        allowed = "true/false" if typ is bool else f"a {typ.__name__}"
+        raise ConfigError(f"--{key}={raw!r}: expected {allowed}") from None
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"--{key}={raw!r}: allowed values are {', '.join(map(str, choices))}")
+    return value
+
+
+def _fields(obj) -> dict[str, tuple[dataclasses.Field, typing.Any]]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(obj)}
+
+
+def all_keys(cfg: RunConfig) -> list[tuple[str, typing.Any, str]]:
+    """(key, current value, help) for every overridable field, for --help and for suggestions."""
+    out = []
+
+    def walk(obj, prefix, comments):
+        for name, (f, typ) in _fields(obj).items():
+            value = getattr(obj, name)
+            if name == "phases":
+                for p in value:
+                    walk(p, f"{p.name}.", _COMMENTS.get(PhaseConfig, {}))
+            elif dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{name}.", _COMMENTS.get(type(value), {}))
+            else:
+                extra = f" [{' | '.join(map(str, f.metadata['choices']))}]" if "choices" in f.metadata else ""
+                out.append((prefix + name, value, (f.metadata.get("help") or comments.get(name, "")) + extra))
+
+    walk(cfg, "", _COMMENTS.get(RunConfig, {}))
+    return out
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
+    """Set `key=value` pairs on a copy of cfg, type-checked; re-validates every dataclass afterwards."""
+    cfg = _revalidate(cfg)
+    keys = [k for k, _, _ in all_keys(cfg)]
+    for key, raw in overrides.items():
+        parts = key.split(".")
+        obj = cfg
+        if parts[0] in {p.name for p in cfg.phases}:
+            obj, parts = cfg.phase(parts[0]), parts[1:]
+        for i, part in enumerate(parts):
+            fields = _fields(obj) if dataclasses.is_dataclass(obj) else {}
+            if part not in fields or part == "phases":
+                close = difflib.get_close_matches(key, keys, n=1)
+                hint = f"; did you mean --{close[0]}?" if close else "; see python train.py --help"
+                raise ConfigError(f"unknown config key --{key}{hint}")
+            f, typ = fields[part]
+            if i < len(parts) - 1:
+                obj = getattr(obj, part)
+            elif dataclasses.is_dataclass(getattr(obj, part)):
+                raise ConfigError(f"--{key} is a group of settings; set one of its fields, e.g. --{key}.<field>")
+            else:
+                setattr(obj, part, _parse(key, raw, typ, f.metadata))
+    return _revalidate(cfg)
+
+
+def _revalidate(cfg: RunConfig) -> RunConfig:
+    """Rebuild every dataclass from its fields so __post_init__ checks run on the final values."""
+
+    def rebuild(obj):
+        if isinstance(obj, list):
+            return [rebuild(x) for x in obj]
+        if not dataclasses.is_dataclass(obj):
+            return obj
+        try:
+            return type(obj)(**{f.name: rebuild(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    return rebuild(cfg)
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Inverse of to_dict (for config.json of a run being resumed)."""
+    d = dict(d)
+    d["model"] = GPTConfig(**d["model"])
+    d["optim"] = OptimConfig(**d["optim"])
+    d["task"] = TaskConfig(**d["task"])
+    d["phases"] = [PhaseConfig(**p) for p in d["phases"]]
+    return _revalidate(RunConfig(**d))
+
+
+def load_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def _field_comments() -> dict[type, dict[str, str]]:
+    """The one-line comment after each field above, reused as its --help text."""
+    import inspect
+    import re
+
+    out = {}
+    for cls in (RunConfig, PhaseConfig, OptimConfig, TaskConfig, GPTConfig):
+        src = inspect.getsource(cls)
+        out[cls] = dict(re.findall(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", src, flags=re.M))
+    return out
+
+
+_COMMENTS = _field_comments()

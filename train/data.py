@@ -1,0 +1,231 @@
+"""Data sources: documents in, packed token rows out.
+
+A source hands the loop one optimiser step of data at a time: a list of micro-batches (`Batch`), each
+(B, T) token ids, next-token targets (-100 where nothing is supervised) and per-token document ids. Every
+micro-batch of a step carries the step's total count of supervised tokens (`normaliser`), so an objective
+that divides by it gives the same gradient however the step is split into micro-batches.
+
+Rows are packed: documents are laid end to end, each starting with <|bos|>, and document ids are the running
+count of <|bos|> in the row, so attention never crosses a document boundary. A document that does not fit at
+the end of a row is cut there (its tail is dropped); rows are padded with <|pad|> (target -100) only if the
+source runs out.
+
+Positions are integers, so resuming needs only `state_dict()`:
+    EmbeddedDocs  - generated documents, document i regenerated from the seed and i (cursor = next i)
+    TokenStream   - a user's .txt/.jsonl tokenized once into a memory-mapped shard (offset = next token)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from train.tasks import ArithmeticTask
+from train.tokenizer import Tokenizer
+
+IGNORE = -100
+
+
+class DataError(ValueError):
+    """Missing, empty or malformed data (printed as one line by the CLI)."""
+
+
+@dataclass
+class Batch:
+    idx: torch.Tensor  # (B, T) int64 input ids
+    targets: torch.Tensor  # (B, T) int64 next-token targets, IGNORE where unsupervised
+    doc_ids: torch.Tensor  # (B, T) int32 document id of each position
+    normaliser: float = 1.0  # supervised tokens in the whole optimiser step (all micro-batches)
+
+    def to(self, device) -> Batch:
+        return Batch(self.idx.to(device), self.targets.to(device), self.doc_ids.to(device), self.normaliser)
+
+    @property
+    def n_tokens(self) -> int:
+        return int((self.targets != IGNORE).sum())
+
+
+def doc_ids_from_bos(idx: torch.Tensor, bos: int) -> torch.Tensor:
+    return torch.cumsum(idx == bos, dim=-1, dtype=torch.int32)
+
+
+def pack(docs, rows: int, seq_len: int, tok: Tokenizer) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Pack (ids, mask) documents from the iterator `docs` into `rows` rows of seq_len + 1 tokens.
+
+    Returns (tokens (rows, T+1), supervision mask (rows, T+1), documents consumed). The target of position
+    t is token t+1, supervised where mask[t+1] is 1.
+    """
+    ids = torch.full((rows, seq_len + 1), tok.pad, dtype=torch.int64)
+    mask = torch.zeros((rows, seq_len + 1), dtype=torch.int64)
+    used = 0
+    for r in range(rows):
+        fill = 0
+        while fill < seq_len + 1:
+            doc = next(docs, None)
+            if doc is None:
+                break
+            used += 1
+            d_ids, d_mask = doc
+            n = min(len(d_ids), seq_len + 1 - fill)
+            ids[r, fill : fill + n] = torch.tensor(d_ids[:n])
+            mask[r, fill : fill + n] = torch.tensor(d_mask[:n])
+            fill += n
+    return ids, mask, used
+
+
+def to_batches(ids: torch.Tensor, mask: torch.Tensor, micro_rows: int, tok: Tokenizer) -> list[Batch]:
+    """Split packed rows into micro-batches that share the step's supervised-token count."""
+    idx, targets = ids[:, :-1], ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE)
+    normaliser = float((targets != IGNORE).sum())
+    doc_ids = doc_ids_from_bos(idx, tok.bos)
+    return [
+        Batch(idx[i : i + micro_rows], targets[i : i + micro_rows], doc_ids[i : i + micro_rows], normaliser)
+        for i in range(0, idx.size(0), micro_rows)
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ sources
+def parse_mix(mix: str, kinds: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for part in mix.split(","):
+        name, _, w = part.partition("=")
+        name = name.strip()
+        try:
+            out[name] = float(w)
+        except ValueError:
+            raise DataError(f"mix entry {part!r} must look like kind=weight, e.g. facts=1") from None
+        if name not in kinds:
+            raise DataError(f"mix kind {name!r} is not one of {kinds}")
+    if sum(out.values()) <= 0:
+        raise DataError(f"mix {mix!r} has no positive weight")
+    return out
+
+
+class EmbeddedDocs:
+    """Generated pretraining documents: plain facts, worked problems as text, problems as chat turns."""
+
+    KINDS = ("facts", "worked", "chat")
+
+    def __init__(self, task: ArithmeticTask, tok: Tokenizer, mix: str, seed: int, split: str, seq_len: int):
+        self.task, self.tok, self.seed, self.split, self.seq_len = task, tok, seed, split, seq_len
+        self.mix = parse_mix(mix, self.KINDS)
+        self.cursor = 0
+
+    def document(self, i: int) -> tuple[list[int], list[int]]:
+        kinds, weights = zip(*self.mix.items())
+        kind = random.Random(f"{self.seed}/{self.split}/kind/{i}").choices(kinds, weights)[0]
+        if kind == "chat":
+            ids = self.tok.render_chat(self.task.conversation(self.split, i)).ids
+        else:
+            text = self.task.fact(self.split, i) if kind == "facts" else self.task.worked_text(self.split, i)
+            ids = self.tok.document(text)
+        return ids, [1] * len(ids)
+
+    def docs_from(self, start: int):
+        i = start
+        while True:
+            yield self.document(i)
+            i += 1
+
+    def next_step(self, rows: int, micro_rows: int, model=None) -> list[Batch]:
+        ids, mask, used = pack(self.docs_from(self.cursor), rows, self.seq_len, self.tok)
+        self.cursor += used
+        return to_batches(ids, mask, micro_rows, self.tok)
+
+    def eval_batches(self, rows: int, micro_rows: int) -> list[Batch]:
+        ids, mask, _ = pack(self.docs_from(0), rows, self.seq_len, self.tok)
+        return to_batches(ids, mask, micro_rows, self.tok)
+
+    def texts(self, n: int) -> list[str]:
+        return [self.tok.decode(self.document(i)[0][1:]) for i in range(n)]
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor = state["cursor"]
+
+
+def read_documents(path: str) -> list[str]:
+    """A .txt file is one document; a .jsonl file holds one {"text": ...} document per line."""
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path} (give an existing .txt or .jsonl, or 'embedded')")
+    ext = os.path.splitext(path)[1]
+    if ext not in (".txt", ".jsonl"):
+        raise DataError(f"{path}: unsupported extension {ext!r}; pretraining data is .txt or .jsonl")
+    with open(path, encoding="utf-8") as f:
+        if ext == ".txt":
+            docs = [f.read()]
+        else:
+            docs = []
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                docs.append(_jsonl_field(path, n, line, "text"))
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise DataError(f"{path} is empty: no text to train on")
+    return docs
+
+
+def _jsonl_field(path: str, lineno: int, line: str, key: str):
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
+        raise DataError(f'{path}:{lineno}: expected an object with a string "{key}" field')
+    return obj[key]
+
+
+class TokenStream:
+    """A user's text, tokenized once into a uint32 shard under `cache_dir`, read as consecutive windows.
+
+    The last 1/20 of the tokens (at least one row) is held out for validation.
+    """
+
+    def __init__(self, path: str, tok: Tokenizer, seq_len: int, cache_dir: str):
+        self.tok, self.seq_len, self.offset = tok, seq_len, 0
+        with open(path, "rb") as f:
+            digest = hashlib.sha1(f.read()).hexdigest()[:12]
+        shard = os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}.{tok.name}{tok.n_vocab}.bin")
+        if not os.path.exists(shard):
+            os.makedirs(cache_dir, exist_ok=True)
+            ids = [t for doc in tok.encode_batch(read_documents(path)) for t in [tok.bos] + doc]
+            np.asarray(ids, dtype=np.uint32).tofile(shard + ".tmp")
+            os.replace(shard + ".tmp", shard)
+        tokens = np.memmap(shard, dtype=np.uint32, mode="r")
+        n_eval = max(seq_len + 1, len(tokens) // 20)
+        if len(tokens) < n_eval + seq_len + 1:
+            raise DataError(f"{path}: {len(tokens)} tokens is too few for seq_len={seq_len}; give more text")
+        self.train, self.eval = tokens[:-n_eval], tokens[-n_eval:]
+
+    def _rows(self, tokens, start: int, rows: int) -> tuple[torch.Tensor, int]:
+        T, n = self.seq_len, len(tokens)
+        out = []
+        for _ in range(rows):
+            if start + T + 1 > n:
+                start = 0  # wrap around: a new epoch
+            out.append(torch.from_numpy(tokens[start : start + T + 1].astype(np.int64)))
+            start += T
+        return torch.stack(out), start
+
+    def next_step(self, rows: int, micro_rows: int, model=None) -> list[Batch]:
+        ids, self.offset = self._rows(self.train, self.offset, rows)
+        return to_batches(ids, torch.ones_like(ids), micro_rows, self.tok)
+
+    def eval_batches(self, rows: int, micro_rows: int) -> list[Batch]:
+        rows = min(rows, max(1, (len(self.eval) - 1) // self.seq_len))
+        ids, _ = self._rows(self.eval, 0, rows)
+        return to_batches(ids, torch.ones_like(ids), micro_rows, self.tok)
+
+    def state_dict(self) -> dict:
+        return {"offset": self.offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.offset = state["offset"]

@@ -1,0 +1,83 @@
+"""Held-out evaluation: validation loss and bits-per-byte, and task accuracy through the sampler.
+
+bits-per-byte = Σ nats over target tokens / (ln 2 · Σ UTF-8 bytes of those tokens), over tokens that stand
+for bytes (special tokens are left out of both sums). Unlike loss per token it does not depend on the
+tokenizer, so runs with different vocabularies compare.
+
+Task accuracy: greedy decoding (temperature 0) of each held-out prompt, scored by the task's reward
+(exact match of the parsed answer); pass@k: k samples per prompt at temperature 1, the fraction of prompts
+with at least one correct sample.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels import linear_cross_entropy
+from model.gpt import GPT
+from model.sampler import generate
+from train.data import IGNORE, Batch
+from train.objectives import loss_backend
+from train.tokenizer import Tokenizer
+
+
+@torch.no_grad()
+def eval_loss(model: GPT, batches: list[Batch], token_bytes: torch.Tensor) -> dict[str, float]:
+    nats = bytes_ = tokens = 0.0
+    nats_b = 0.0
+    device = model.wte.weight.device
+    for b in batches:
+        b = b.to(device)
+        hidden = model(b.idx, doc_ids=b.doc_ids)
+        targets = b.targets.flatten()
+        losses = linear_cross_entropy(
+            hidden.flatten(0, 1), model.lm_head.weight, targets,
+            ignore_index=IGNORE, reduction="none", backend=loss_backend(model),
+        ).float()
+        valid = targets != IGNORE
+        nb = token_bytes.to(device)[targets.clamp(min=0)] * valid
+        nats += float(losses[valid].sum())
+        tokens += float(valid.sum())
+        nats_b += float(losses[nb > 0].sum())
+        bytes_ += float(nb.sum())
+    return {"loss": nats / max(tokens, 1.0), "bpb": nats_b / (math.log(2) * max(bytes_, 1.0))}
+
+
+@torch.no_grad()
+def task_accuracy(
+    model: GPT,
+    tok: Tokenizer,
+    problems: list[tuple[list[dict], str]],
+    reward_fn,
+    *,
+    max_new_tokens: int,
+    pass_k: int = 0,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Greedy accuracy and pass@k over (messages, answer) problems."""
+    prompts = [tok.render_prompt(m) for m, _ in problems]
+    answers = [a for _, a in problems]
+
+    def score(temperature: float, repeats: int, generator) -> list[list[float]]:
+        rows = [(i, p) for i, p in enumerate(prompts) for _ in range(repeats)]
+        rewards: list[list[float]] = [[] for _ in prompts]
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s : s + batch_size]
+            outs = generate(
+                model, [p for _, p in chunk], max_new_tokens=max_new_tokens, temperature=temperature,
+                stop_id=tok.end, pad_id=tok.pad, generator=generator,
+            )
+            for (i, _), out in zip(chunk, outs):
+                rewards[i].append(reward_fn(tok.completion_text(out), answers[i]))
+        return rewards
+
+    greedy = score(0.0, 1, None)
+    result = {"accuracy": sum(r[0] for r in greedy) / len(problems)}
+    if pass_k > 0:
+        device = model.wte.weight.device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        sampled = score(1.0, pass_k, gen)
+        result[f"pass@{pass_k}"] = sum(max(r) > 0 for r in sampled) / len(problems)
+    return result

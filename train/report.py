@@ -1,0 +1,153 @@
+"""What a run tells people: a line per logged step, a progress bar, metrics.jsonl, the summary and plots.
+
+Files in the run folder:
+    metrics.jsonl   one JSON object per logged step ({"kind": "train"}) and per evaluation ({"kind": "eval"})
+    summary.json    per phase: steps, tokens, wall time, tokens/s, final train loss, and the evaluation after
+                    the phase of every held-out set (the phase × metric table)
+    loss.png        training loss per step, phases shaded; eval.png: every eval metric after each phase
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, per GPU
+
+
+def fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def fmt_num(x: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+class RunLog:
+    def __init__(self, out_dir: str, total_steps: int, config: dict, use_wandb: bool, resume_step: int = 0):
+        self.out_dir, self.total = out_dir, total_steps
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.records: list[dict] = []
+        if resume_step and os.path.exists(self.path):  # drop lines logged after the checkpoint we resume from
+            with open(self.path) as f:
+                self.records = [r for r in map(json.loads, f) if r["step"] <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.records)
+        self.start, self.start_step = time.time(), resume_step
+        self.tty = sys.stdout.isatty()
+        self.wandb = _wandb(config, out_dir) if use_wandb else None
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+
+    def eta(self, step: int) -> str:
+        done = step - self.start_step
+        if done <= 0:
+            return "?"
+        return fmt_time((time.time() - self.start) / done * (self.total - step))
+
+    def train_line(self, r: dict) -> None:
+        extra = "".join(f" | {k} {v:.3f}" for k, v in r.items() if k.startswith("m/"))
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+        line = (
+            f"{r['phase']:<10} step {r['step']:>5}/{self.total} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | "
+            f"{r['ms']:7.1f} ms | {fmt_num(r['tok_s'])} tok/s | MFU {mfu}{extra} | eta {self.eta(r['step'])}"
+        )
+        self._print(line.replace(" | m/", " | "))
+
+    def eval_line(self, step: int, phase: str, metrics: dict) -> None:
+        body = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        self._print(f"{'eval':<10} step {step:>5}/{self.total} | after {phase} | {body}")
+
+    def progress(self, step: int, phase: str) -> None:
+        if not self.tty:
+            return
+        n = 30
+        filled = int(n * step / max(self.total, 1))
+        sys.stdout.write(f"\r[{'#' * filled}{'.' * (n - filled)}] {step}/{self.total} {phase} eta {self.eta(step)}")
+        sys.stdout.flush()
+
+    def _print(self, line: str) -> None:
+        if self.tty:
+            sys.stdout.write("\r\033[K")
+        print(line, flush=True)
+
+    def finish(self, summary: dict) -> None:
+        with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print_summary(summary)
+        plot(self.records, summary, self.out_dir)
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb(config: dict, out_dir: str):
+    """A wandb run, or None with a warning: logging must never stop training (offline machines included)."""
+    try:
+        import wandb
+
+        return wandb.init(project="tritium", config=config, dir=out_dir, name=os.path.basename(out_dir))
+    except Exception as e:  # noqa: BLE001  (any failure to reach or start wandb only disables it)
+        print(f"warning: wandb disabled ({type(e).__name__}: {e}); set WANDB_MODE=offline to log locally")
+        return None
+
+
+def print_summary(summary: dict) -> None:
+    rows = summary["phases"]
+    print("\nphase      steps  tokens   time    tok/s   train loss")
+    for r in rows:
+        print(f"{r['name']:<10} {r['steps']:>5} {fmt_num(r['tokens']):>7} {fmt_time(r['seconds']):>7} "
+              f"{fmt_num(r['tok_s']):>7}   {r['final_loss']:.4f}")
+    metrics = sorted({k for r in rows for k in r["eval"]})
+    if metrics:
+        width = max(len(m) for m in metrics) + 2
+        print("\nevaluation after each phase")
+        print(" " * width + "".join(f"{r['name']:>12}" for r in rows))
+        for m in metrics:
+            cells = "".join(f"{r['eval'][m]:>12.4f}" if m in r["eval"] else f"{'-':>12}" for r in rows)
+            print(f"{m:<{width}}{cells}")
+    print(f"\ntotal {fmt_time(summary['seconds'])}; run folder {summary['out']}")
+
+
+def plot(records: list[dict], summary: dict, out_dir: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r["kind"] == "train"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name in dict.fromkeys(r["phase"] for r in train):
+        pts = [(r["step"], r["loss"]) for r in train if r["phase"] == name]
+        ax.plot(*zip(*pts), label=name)
+    ax.set(xlabel="step", ylabel="train loss", title="training loss", yscale="log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
+    plt.close(fig)
+
+    rows = summary["phases"]
+    metrics = sorted({k for r in rows for k in r["eval"]})
+    if not metrics:
+        return
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        pts = [(r["name"], r["eval"][m]) for r in rows if m in r["eval"]]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+        ax.set_title(m, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("held-out metrics after each phase")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "eval.png"), dpi=100)
+    plt.close(fig)

@@ -1,0 +1,205 @@
+"""Procedurally generated, verifiable arithmetic: the embedded default data for every phase.
+
+One task family, three views of it:
+    pretraining documents  - worked problems and plain sentences about numbers (text), plus problems already
+                             in the chat format so a base model has seen the turn tokens
+    SFT conversations      - user asks "What is 345+278?", assistant answers with the worked columns
+    RL prompts             - the same question, with the integer answer that the reward checks
+
+Worked answers go column by column from the units, carrying (or borrowing) as a person does on paper:
+    345+278  ->  "5+8=13, 4+7+1=12, 3+2+1=6. Answer: 623"
+    623-278  ->  "13-8=5, 11-7=4, 5-2=3. Answer: 345"
+    345*7    ->  "5*7=35, 4*7+3=31, 3*7+3=24. Answer: 2415"
+
+Determinism and splits: problem `i` of split `s` is drawn from `random.Random(f"{seed}/{s}/{i}")`, so any
+problem can be regenerated from its index alone (a data position is one integer). Every operand pair is
+assigned to a split by a CRC of its text, and a generator rejects pairs of the other split, so the train and
+eval splits are disjoint by construction, not by luck.
+
+Rewards parse strictly with a regular expression (never `eval`) and return 0.0 on anything malformed.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+OPS = "+-*"
+SPLITS = ("train", "eval")
+EVAL_FRACTION = 8  # one operand pair in EVAL_FRACTION belongs to the eval split
+
+
+@dataclass(frozen=True)
+class Problem:
+    a: int
+    b: int
+    op: str
+
+    @property
+    def expression(self) -> str:
+        return f"{self.a}{self.op}{self.b}"
+
+    @property
+    def question(self) -> str:
+        return f"What is {self.expression}?"
+
+    @property
+    def answer(self) -> int:
+        return {"+": self.a + self.b, "-": self.a - self.b, "*": self.a * self.b}[self.op]
+
+    @property
+    def worked(self) -> str:
+        return ", ".join(_columns(self.a, self.b, self.op)) + f". Answer: {self.answer}"
+
+    def messages(self) -> list[dict]:
+        return [{"role": "user", "content": self.question}, {"role": "assistant", "content": self.worked}]
+
+
+def _digits(n: int) -> list[int]:
+    return [int(c) for c in reversed(str(n))]  # units first
+
+
+def _columns(a: int, b: int, op: str) -> list[str]:
+    """The column steps of the worked answer, units first."""
+    da, db, steps, carry = _digits(a), _digits(b), [], 0
+    if op == "*":  # b is a single digit
+        for x in da:
+            steps.append(f"{x}*{b}" + (f"+{carry}" if carry else "") + f"={x * b + carry}")
+            carry = (x * b + carry) // 10
+        return steps
+    for i in range(max(len(da), len(db))):
+        x, y = (da[i] if i < len(da) else 0), (db[i] if i < len(db) else 0)
+        if op == "+":
+            s = x + y + carry
+            steps.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={s}")
+            carry = s // 10
+        else:
+            x -= carry
+            carry = int(x < y)
+            steps.append(f"{x + 10 * carry}-{y}={x + 10 * carry - y}")
+    if op == "+" and carry:
+        steps.append(f"carry {carry}")
+    return steps
+
+
+def split_of(a: int, b: int, op: str) -> str:
+    return "eval" if zlib.crc32(f"{a}{op}{b}".encode()) % EVAL_FRACTION == 0 else "train"
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
+    digits: int = 3  # operands have 1..digits digits (the multiplier of '*' is one digit)
+    ops: str = "+-"  # which operations appear, a subset of "+-*"
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 1 <= self.digits <= 12:
+            raise ValueError(f"task digits={self.digits} must be in 1..12")
+        if not self.ops or set(self.ops) - set(OPS):
+            raise ValueError(f"task ops={self.ops!r} must be a non-empty subset of {OPS!r}")
+
+    def _number(self, rng: random.Random) -> int:
+        n_digits = rng.randint(1, self.digits)  # uniform over lengths, so short numbers are not rare
+        return rng.randint(0 if n_digits == 1 else 10 ** (n_digits - 1), 10**n_digits - 1)
+
+    def problem(self, split: str, index: int) -> Problem:
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        rng = random.Random(f"{self.seed}/{split}/{index}")
+        while True:
+            op = rng.choice(self.ops)
+            a, b = self._number(rng), (rng.randint(2, 9) if op == "*" else self._number(rng))
+            if op == "-" and b > a:
+                a, b = b, a
+            if split_of(a, b, op) == split:
+                return Problem(a, b, op)
+
+    # --------------------------------------------------------------------------------- the three views
+    def fact(self, split: str, index: int) -> str:
+        """A sentence or two of plain text about a number."""
+        rng = random.Random(f"{self.seed}/{split}/fact/{index}")
+        n, m = self._number(rng), self._number(rng)
+        parity = "even" if n % 2 == 0 else "odd"
+        choices = [
+            f"{n} is {parity}. The number after {n} is {n + 1}, and the number before it is {n - 1}.",
+            f"{n} is {'greater than' if n > m else 'less than' if n < m else 'equal to'} {m}.",
+            f"The digits of {n} are {', '.join(str(n))}. Reversed, {n} reads {str(n)[::-1]}.",
+            f"Ten more than {n} is {n + 10}. Twice {n} is {2 * n}.",
+            f"{n} rounded to the nearest ten is {int(math.floor(n / 10 + 0.5)) * 10}.",
+        ]
+        return rng.choice(choices)
+
+    def worked_text(self, split: str, index: int) -> str:
+        p = self.problem(split, index)
+        return f"{p.expression}: {p.worked}"
+
+    def conversation(self, split: str, index: int) -> list[dict]:
+        return self.problem(split, index).messages()
+
+    def prompt(self, split: str, index: int) -> tuple[list[dict], str]:
+        p = self.problem(split, index)
+        return [{"role": "user", "content": p.question}], str(p.answer)
+
+    def corpus(self, n: int) -> list[str]:
+        """Plain training text for the tokenizer: every kind of text the task produces."""
+        out = []
+        for i in range(n):
+            p = self.problem("train", i)
+            out += [self.fact("train", i), f"{p.expression}: {p.worked}", p.question]
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ rewards
+RewardFn = Callable[[str, str], float]
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Register `fn(completion_text, answer) -> float` under `name` (phases pick rewards by name)."""
+
+    def deco(fn: RewardFn) -> RewardFn:
+        REWARDS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_reward(name: str) -> RewardFn:
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; registered: {sorted(REWARDS)}")
+    return REWARDS[name]
+
+
+_FINAL = re.compile(r"Answer: (-?\d{1,24})\s*")
+_NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*")
+
+
+@register_reward("arithmetic")
+def arithmetic_reward(completion: str, answer: str) -> float:
+    """1.0 when the completion ends with exactly one 'Answer: N' and N equals the answer, else 0.0."""
+    if not isinstance(completion, str) or completion.count("Answer:") != 1:
+        return 0.0
+    tail = completion[completion.index("Answer:") :]
+    m = _FINAL.fullmatch(tail)
+    return float(m is not None and m.group(1) == str(answer).strip())
+
+
+@register_reward("exact")
+def exact_reward(completion: str, answer: str) -> float:
+    """1.0 when the completion equals the answer after stripping surrounding whitespace."""
+    return float(isinstance(completion, str) and completion.strip() == str(answer).strip())
+
+
+@register_reward("numeric")
+def numeric_reward(completion: str, answer: str) -> float:
+    """1.0 when the completion is a single number equal to the answer (within 1e-6 relative)."""
+    if not isinstance(completion, str):
+        return 0.0
+    m, ref = _NUMBER.fullmatch(completion), _NUMBER.fullmatch(str(answer))
+    if m is None or ref is None:
+        return 0.0
+    x, y = float(m.group(1)), float(ref.group(1))
+    return float(abs(x - y) <= 1e-6 * max(1.0, abs(y)))
