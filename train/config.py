@@ -51,8 +51,8 @@ class TaskConfig:
 @dataclass
 class PhaseConfig:
     name: str = "pretrain"  # unique; overrides address the phase by it (--<name>.<field>=...)
-    objective: str = choice("pretrain", ("pretrain",), "what the phase optimises")
-    data: str = "embedded"  # "embedded" (generated tasks) or a path to .txt / .jsonl
+    objective: str = choice("pretrain", ("pretrain", "sft", "grpo"), "what the phase optimises")
+    data: str = "embedded"  # "embedded" (generated tasks) or a file: .txt/.jsonl text (pretrain), .jsonl (sft, grpo)
     mix: str = "facts=1,worked=1,chat=1"  # embedded pretraining documents: kind=weight, kinds facts/worked/chat
     steps: int = 100  # optimiser steps in this phase
     batch_size: int = 16  # rows per optimiser step
@@ -63,10 +63,27 @@ class PhaseConfig:
     min_lr_ratio: float = 0.1  # LR at the end of the phase, as a fraction of its peak
     eval_every: int = 0  # evaluate every N steps inside the phase (0: only at its end)
     reset_optimizer: bool = False  # start the phase with fresh AdamW moments
+    # GRPO only (batch_size and micro_batch_size count completions)
+    group_size: int = 8  # completions sampled per prompt (G)
+    temperature: float = 1.0  # sampling temperature of rollouts (log-probs use the same)
+    top_k: int = 0  # sample among the k most likely tokens (0: all)
+    max_new_tokens: int = 48  # completion length limit
+    reward: str = "arithmetic"  # reward function by name: arithmetic, exact, numeric, or one you register
+    loss_type: str = choice("dapo", ("grpo", "bnpo", "dapo", "dr_grpo"), "how token losses are aggregated")
+    eps_low: float = 0.2  # ratio clipped below at 1 - eps_low
+    eps_high: float = 0.28  # ratio clipped above at 1 + eps_high
+    beta: float = 0.0  # k3 KL coefficient to the phase-start reference (0: no reference kept)
+    mu: int = 1  # optimiser steps per rollout batch
+    scale_std: bool = True  # divide advantages by the group std (false: Dr. GRPO)
+    std_floor: float = 0.0  # floor on the group std before dividing
 
     def __post_init__(self):
-        _positive(self, "steps", "batch_size", "micro_batch_size")
+        _positive(self, "steps", "batch_size", "micro_batch_size", "group_size", "max_new_tokens", "mu")
+        _nonnegative(self, "temperature", "top_k", "eps_low", "eps_high", "beta", "std_floor")
         _nonnegative(self, "warmup_steps", "eval_every", "lr_scale", "min_lr_ratio")
+        if self.objective == "grpo" and self.batch_size % self.group_size:
+            raise ConfigError(f"{self.name}.batch_size={self.batch_size} (completions per step) must be a "
+                              f"multiple of {self.name}.group_size={self.group_size}")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"{self.name}.batch_size={self.batch_size} must be a multiple of "
@@ -121,31 +138,57 @@ def _nonnegative(obj, *names):
 
 # ------------------------------------------------------------------------------------------- presets
 def _default() -> RunConfig:
-    """The embedded curriculum: two pretraining phases with different document mixes."""
+    """The embedded curriculum: pretraining, then SFT, then GRPO on arithmetic; minutes on a laptop CPU."""
     return RunConfig(
         preset="default",
         model=GPTConfig(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, seq_len=256),
         optim=OptimConfig(lr=3e-3),
         phases=[
-            PhaseConfig(name="pretrain", mix="facts=2,worked=2,chat=1", steps=400, batch_size=16, eval_every=200),
-            PhaseConfig(name="pretrain2", mix="facts=1,worked=2,chat=3", steps=300, batch_size=16,
-                        warmup_steps=0, lr_scale=0.5),
+            PhaseConfig(name="pretrain", objective="pretrain", mix="facts=1,worked=2,chat=2", steps=400,
+                        batch_size=16),
+            PhaseConfig(name="sft", objective="sft", steps=150, batch_size=16, lr_scale=0.5, warmup_steps=0),
+            PhaseConfig(name="grpo", objective="grpo", steps=40, batch_size=64, micro_batch_size=64,
+                        group_size=8, lr_scale=0.1, warmup_steps=0, decay="constant"),
         ],
     )
 
 
-def _smoke() -> RunConfig:
-    """Every phase of the default schedule for a few steps on a tiny model (seconds on a CPU; tests use it)."""
+def _base() -> RunConfig:
+    """Pretraining only, in two phases with different document mixes (plain text first, then problems)."""
     cfg = _default()
-    cfg.preset, cfg.vocab_size, cfg.log_every = "smoke", 320, 2
-    cfg.model = GPTConfig(n_layer=2, n_head=2, n_kv_head=1, n_embd=32, seq_len=128)
-    cfg.task = TaskConfig(digits=2, eval_problems=8, max_new_tokens=24, pass_k=2)
-    for p in cfg.phases:
-        p.steps, p.batch_size, p.micro_batch_size, p.warmup_steps, p.eval_every = 4, 4, 2, 1, 0
+    cfg.preset = "base"
+    cfg.phases = [
+        PhaseConfig(name="pretrain", mix="facts=3,worked=1", steps=250, batch_size=16),
+        PhaseConfig(name="pretrain2", mix="facts=1,worked=2,chat=3", steps=250, batch_size=16, warmup_steps=0,
+                    lr_scale=0.5),
+    ]
     return cfg
 
 
-PRESETS: dict[str, typing.Callable[[], RunConfig]] = {"default": _default, "smoke": _smoke}
+def _tiny(cfg: RunConfig, name: str) -> RunConfig:
+    """`cfg`'s schedule for a few steps on a tiny model: seconds on a CPU (tests use these)."""
+    cfg.preset, cfg.vocab_size, cfg.log_every = name, 320, 2
+    cfg.model = GPTConfig(n_layer=2, n_head=2, n_kv_head=1, n_embd=32, seq_len=128)
+    cfg.task = TaskConfig(digits=2, eval_problems=8, max_new_tokens=24, pass_k=2)
+    for p in cfg.phases:
+        p.steps, p.warmup_steps, p.eval_every = 4, 1, 0
+        p.batch_size, p.micro_batch_size, p.group_size, p.max_new_tokens = 4, 2, 2, 16
+    return cfg
+
+
+def _smoke() -> RunConfig:
+    """Every phase of the default schedule for a few steps on a tiny model."""
+    return _tiny(_default(), "smoke")
+
+
+def _base_smoke() -> RunConfig:
+    """The two-phase pretraining schedule of `base` for a few steps on a tiny model."""
+    return _tiny(_base(), "base-smoke")
+
+
+PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
+    "default": _default, "smoke": _smoke, "base": _base, "base-smoke": _base_smoke,
+}
 
 
 # ------------------------------------------------------------------------------------------- overrides

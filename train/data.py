@@ -11,7 +11,7 @@ the end of a row is cut there (its tail is dropped); rows are padded with <|pad|
 source runs out.
 
 Positions are integers, so resuming needs only `state_dict()`:
-    EmbeddedDocs  - generated documents, document i regenerated from the seed and i (cursor = next i)
+    PackedDocs    - generated or listed documents, document i regenerated from its index (cursor = next i)
     TokenStream   - a user's .txt/.jsonl tokenized once into a memory-mapped shard (offset = next token)
 """
 from __future__ import annotations
@@ -106,30 +106,17 @@ def parse_mix(mix: str, kinds: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-class EmbeddedDocs:
-    """Generated pretraining documents: plain facts, worked problems as text, problems as chat turns."""
+class PackedDocs:
+    """Documents `document(i) -> (ids, mask)`, i = 0, 1, ..., packed into rows (cycling after `count`)."""
 
-    KINDS = ("facts", "worked", "chat")
-
-    def __init__(self, task: ArithmeticTask, tok: Tokenizer, mix: str, seed: int, split: str, seq_len: int):
-        self.task, self.tok, self.seed, self.split, self.seq_len = task, tok, seed, split, seq_len
-        self.mix = parse_mix(mix, self.KINDS)
+    def __init__(self, document, tok: Tokenizer, seq_len: int, count: int | None = None):
+        self.document, self.tok, self.seq_len, self.count = document, tok, seq_len, count
         self.cursor = 0
-
-    def document(self, i: int) -> tuple[list[int], list[int]]:
-        kinds, weights = zip(*self.mix.items())
-        kind = random.Random(f"{self.seed}/{self.split}/kind/{i}").choices(kinds, weights)[0]
-        if kind == "chat":
-            ids = self.tok.render_chat(self.task.conversation(self.split, i)).ids
-        else:
-            text = self.task.fact(self.split, i) if kind == "facts" else self.task.worked_text(self.split, i)
-            ids = self.tok.document(text)
-        return ids, [1] * len(ids)
 
     def docs_from(self, start: int):
         i = start
         while True:
-            yield self.document(i)
+            yield self.document(i % self.count if self.count else i)
             i += 1
 
     def next_step(self, rows: int, micro_rows: int, model=None) -> list[Batch]:
@@ -138,17 +125,55 @@ class EmbeddedDocs:
         return to_batches(ids, mask, micro_rows, self.tok)
 
     def eval_batches(self, rows: int, micro_rows: int) -> list[Batch]:
+        rows = rows if self.count is None else max(1, min(rows, self.count))
         ids, mask, _ = pack(self.docs_from(0), rows, self.seq_len, self.tok)
         return to_batches(ids, mask, micro_rows, self.tok)
-
-    def texts(self, n: int) -> list[str]:
-        return [self.tok.decode(self.document(i)[0][1:]) for i in range(n)]
 
     def state_dict(self) -> dict:
         return {"cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
         self.cursor = state["cursor"]
+
+
+PRETRAIN_KINDS = ("facts", "worked", "chat")
+
+
+def embedded_pretraining(task: ArithmeticTask, tok: Tokenizer, mix: str, seed: int, split: str, seq_len: int):
+    """Generated pretraining documents: plain facts, worked problems as text, problems as chat turns.
+
+    Chat documents are supervised on every token like any pretraining text; they teach a base model the
+    turn tokens, so task accuracy (asked in the chat format) is meaningful from the first phase on.
+    """
+    kinds, weights = zip(*parse_mix(mix, PRETRAIN_KINDS).items())
+
+    def document(i: int) -> tuple[list[int], list[int]]:
+        kind = random.Random(f"{seed}/{split}/kind/{i}").choices(kinds, weights)[0]
+        if kind == "chat":
+            ids = tok.render_chat(task.conversation(split, i)).ids
+        else:
+            ids = tok.document(task.fact(split, i) if kind == "facts" else task.worked_text(split, i))
+        return ids, [1] * len(ids)
+
+    return PackedDocs(document, tok, seq_len)
+
+
+def conversations(convs, tok: Tokenizer, seq_len: int, count: int | None = None) -> PackedDocs:
+    """SFT rows: conversations `convs(i) -> messages`, supervised on assistant tokens only."""
+
+    def document(i: int) -> tuple[list[int], list[int]]:
+        r = tok.render_chat(convs(i))
+        return r.ids, r.mask
+
+    return PackedDocs(document, tok, seq_len, count)
+
+
+def split_held_out(items: list, path: str) -> tuple[list, list]:
+    """The last 1/20 of a user's file (at least one item) is held out for evaluation."""
+    if len(items) < 2:
+        raise DataError(f"{path}: needs at least 2 examples (one is held out for evaluation), got {len(items)}")
+    n_eval = max(1, len(items) // 20)
+    return items[:-n_eval], items[-n_eval:]
 
 
 def read_documents(path: str) -> list[str]:
@@ -173,11 +198,54 @@ def read_documents(path: str) -> list[str]:
     return docs
 
 
-def _jsonl_field(path: str, lineno: int, line: str, key: str):
+def read_jsonl(path: str, parse) -> list:
+    """Every non-blank line of a .jsonl file through `parse(obj, where)`; errors name the file and line."""
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path} (give an existing .jsonl, or 'embedded')")
+    if not path.endswith(".jsonl"):
+        raise DataError(f"{path}: expected a .jsonl file")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                out.append(parse(_json_line(path, n, line), f"{path}:{n}"))
+    if not out:
+        raise DataError(f"{path} is empty: no examples")
+    return out
+
+
+def parse_conversation(obj, where: str) -> list[dict]:
+    """{"messages": [{"role", "content"}, ...]} or {"prompt": ..., "response": ...}."""
+    if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
+        return [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["response"]}]
+    msgs = obj.get("messages") if isinstance(obj, dict) else None
+    if not isinstance(msgs, list) or not msgs or not all(
+        isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+        for m in msgs
+    ):
+        raise DataError(f'{where}: expected {{"messages": [{{"role": "user"|"assistant", "content": str}}, ...]}} '
+                        f'or {{"prompt": str, "response": str}}')
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise DataError(f"{where}: the conversation has no assistant turn to learn from")
+    return msgs
+
+
+def parse_prompt(obj, where: str) -> tuple[list[dict], str]:
+    """{"prompt": str, "answer": str or number} for RL."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or "answer" not in obj:
+        raise DataError(f'{where}: expected {{"prompt": str, "answer": str}}')
+    return [{"role": "user", "content": obj["prompt"]}], str(obj["answer"])
+
+
+def _json_line(path: str, lineno: int, line: str):
     try:
-        obj = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+
+
+def _jsonl_field(path: str, lineno: int, line: str, key: str):
+    obj = _json_line(path, lineno, line)
     if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
         raise DataError(f'{path}:{lineno}: expected an object with a string "{key}" field')
     return obj[key]

@@ -105,7 +105,8 @@ class Trainer:
             g["lr"] = lr
         t0 = time.perf_counter()
         self.model.train()
-        micro_batches = phase.source.next_step(p.batch_size, p.micro_batch_size, self.model)
+        with self.autocast():  # RL sources sample from the model
+            micro_batches = phase.source.next_step(p.batch_size, p.micro_batch_size, self.model)
         metrics: dict[str, float] = {}
         tokens = 0
         for b in micro_batches:

@@ -31,14 +31,16 @@ def token_loss_sum(model: GPT, batch: Batch) -> torch.Tensor:
 class NextTokenLoss:
     """Next-token cross-entropy, summed over supervised tokens and divided by the step's supervised count.
 
-    Used for pretraining (every token supervised).
+    Used for pretraining (every token supervised) and SFT (assistant tokens only: the data source masks
+    the rest), so an SFT loss is normalised by the supervised tokens of the whole accumulated step.
     """
-
-    name = "pretrain"
 
     def __call__(self, model: GPT, batch: Batch):
         loss = token_loss_sum(model, batch) / batch.normaliser
         return loss, {"loss": loss.detach()}
 
 
-OBJECTIVES = {"pretrain": NextTokenLoss}
+def make_objective(p):
+    from train.rl import GRPOObjective
+
+    return GRPOObjective(p) if p.objective == "grpo" else NextTokenLoss()

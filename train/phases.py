@@ -12,9 +12,11 @@ import torch
 
 from model.gpt import GPT
 from train.config import PhaseConfig, RunConfig
-from train.data import EmbeddedDocs, TokenStream, read_documents
+from train.data import (TokenStream, conversations, embedded_pretraining, parse_conversation, parse_prompt,
+                        read_documents, read_jsonl, split_held_out)
 from train.evaluate import eval_loss, task_accuracy
-from train.objectives import OBJECTIVES
+from train.objectives import make_objective
+from train.rl import RolloutSource
 from train.tasks import ArithmeticTask, get_reward
 from train.tokenizer import Tokenizer
 
@@ -48,22 +50,50 @@ class Phase:
         return self.start + self.cfg.steps
 
 
-def make_source(p: PhaseConfig, ctx: Context, split: str):
-    if p.data == "embedded":
-        return EmbeddedDocs(ctx.task, ctx.tok, p.mix, ctx.cfg.seed, split, ctx.seq_len)
-    return TokenStream(p.data, ctx.tok, ctx.seq_len, os.path.join(ctx.out_dir, "data"))
+def _user_items(p: PhaseConfig) -> tuple[list, list]:
+    """A user's SFT conversations or RL prompts, split into (train, held-out)."""
+    parse = parse_conversation if p.objective == "sft" else parse_prompt
+    return split_held_out(read_jsonl(p.data, parse), p.data)
+
+
+def make_sources(p: PhaseConfig, ctx: Context):
+    """(training source, held-out evaluators {name: fn(model) -> metrics}) for phase `p`."""
+    tok, task, T, seed = ctx.tok, ctx.task, ctx.seq_len, ctx.cfg.seed
+    token_bytes = torch.tensor(tok.token_bytes() + [0] * (ctx.cfg.model.vocab_size - tok.n_vocab))
+
+    def loss_eval(source):
+        held_out = source.eval_batches(EVAL_ROWS, p.micro_batch_size)
+        return {p.name: lambda model: eval_loss(model, held_out, token_bytes)}
+
+    if p.objective == "pretrain":
+        if p.data == "embedded":
+            train = embedded_pretraining(task, tok, p.mix, seed, "train", T)
+            return train, loss_eval(embedded_pretraining(task, tok, p.mix, seed, "eval", T))
+        train = TokenStream(p.data, tok, T, os.path.join(ctx.out_dir, "data"))
+        return train, loss_eval(train)
+    if p.objective == "sft":
+        if p.data == "embedded":
+            return (conversations(lambda i: task.conversation("train", i), tok, T),
+                    loss_eval(conversations(lambda i: task.conversation("eval", i), tok, T)))
+        train, held = _user_items(p)
+        return (conversations(train.__getitem__, tok, T, len(train)),
+                loss_eval(conversations(held.__getitem__, tok, T, len(held))))
+    reward = get_reward(p.reward)
+    if p.data == "embedded":  # held out: the run's task evaluation already asks these problems
+        return RolloutSource(p, tok, lambda i: task.prompt("train", i), reward, None, seed), {}
+    train, held = _user_items(p)
+    t = ctx.cfg.task
+    return RolloutSource(p, tok, train.__getitem__, reward, len(train), seed), {
+        p.name: lambda model: task_accuracy(model, tok, held, reward, max_new_tokens=p.max_new_tokens,
+                                            pass_k=t.pass_k, seed=seed)
+    }
 
 
 def build_phases(ctx: Context) -> list[Phase]:
     phases, start = [], 0
     for p in ctx.cfg.phases:
-        source = make_source(p, ctx, "train")
-        held_out = (make_source(p, ctx, "eval") if p.data == "embedded" else source).eval_batches(
-            EVAL_ROWS, p.micro_batch_size
-        )
-        token_bytes = torch.tensor(ctx.tok.token_bytes() + [0] * (ctx.cfg.model.vocab_size - ctx.tok.n_vocab))
-        evals = {p.name: lambda model, b=held_out: eval_loss(model, b, token_bytes)}
-        phases.append(Phase(p, start, source, OBJECTIVES[p.objective](), evals))
+        source, evals = make_sources(p, ctx)
+        phases.append(Phase(p, start, source, make_objective(p), evals))
         start += p.steps
     return phases
 
@@ -82,6 +112,12 @@ def tokenizer_corpus(ctx_cfg: RunConfig, task: ArithmeticTask) -> list[str]:
     """Text the BPE is trained on: the task's own text plus every user data file of the run."""
     texts = task.corpus(3000)
     for p in ctx_cfg.phases:
-        if p.data != "embedded":
+        if p.data == "embedded":
+            continue
+        if p.objective == "pretrain":
             texts += read_documents(p.data)
+        else:
+            for item in sum(_user_items(p), []):
+                msgs = item if p.objective == "sft" else item[0] + [{"content": item[1]}]
+                texts += [m["content"] for m in msgs]
     return texts

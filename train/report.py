@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+STANDARD = {"kind", "phase", "step", "lr", "ms", "tokens", "tok_s", "mfu", "loss"}  # fields every line has
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, per GPU
 
 
@@ -56,13 +57,13 @@ class RunLog:
         return fmt_time((time.time() - self.start) / done * (self.total - step))
 
     def train_line(self, r: dict) -> None:
-        extra = "".join(f" | {k} {v:.3f}" for k, v in r.items() if k.startswith("m/"))
+        extra = "".join(f" | {k} {v:.3f}" for k, v in r.items() if k not in STANDARD and isinstance(v, float))
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         line = (
             f"{r['phase']:<10} step {r['step']:>5}/{self.total} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | "
             f"{r['ms']:7.1f} ms | {fmt_num(r['tok_s'])} tok/s | MFU {mfu}{extra} | eta {self.eta(r['step'])}"
         )
-        self._print(line.replace(" | m/", " | "))
+        self._print(line)
 
     def eval_line(self, step: int, phase: str, metrics: dict) -> None:
         body = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())

@@ -1,0 +1,44 @@
+import pytest
+
+from train.config import ConfigError, apply_overrides, from_dict, load_preset, to_dict
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(load_preset("smoke"), {"seed": "3", "model.n_layer": "3", "optim.lr": "1e-3",
+                                                 "wandb": "true", "pretrain.steps": "7", "pretrain2.decay": "linear"})
+    assert cfg.seed == 3 and cfg.model.n_layer == 3 and cfg.optim.lr == 1e-3 and cfg.wandb is True
+    assert cfg.phase("pretrain").steps == 7 and cfg.phase("pretrain2").decay == "linear"
+
+
+def test_overrides_do_not_touch_the_preset():
+    apply_overrides(load_preset("smoke"), {"seed": "5"})
+    assert load_preset("smoke").seed == 0
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("model.n_layers", "3", "unknown config key --model.n_layers; did you mean --model.n_layer?"),
+    ("nope", "1", "unknown config key --nope"),
+    ("model.n_layer", "three", "--model.n_layer='three': expected a int"),
+    ("optim.lr", "fast", "expected a float"),
+    ("wandb", "maybe", "expected true/false"),
+    ("device", "tpu", "allowed values are auto, cpu, cuda"),
+    ("pretrain.decay", "step", "allowed values are cosine, linear, constant"),
+    ("pretrain.batch_size", "3", "must be a multiple of"),
+    ("model.n_kv_head", "3", "must divide"),
+    ("optim.lr", "-1", "lr=-1.0 must be > 0"),
+    ("model", "x", "is a group of settings"),
+])
+def test_bad_overrides_name_the_key_and_the_fix(key, value, message):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(load_preset("smoke"), {key: value})
+    assert message in str(e.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="presets: default, smoke"):
+        load_preset("huge")
+
+
+def test_round_trip_through_dict():
+    cfg = load_preset("default")
+    assert from_dict(to_dict(cfg)) == cfg

@@ -1,0 +1,107 @@
+"""End to end: the smoke preset, exact resume, and one-line errors for bad input."""
+import json
+import os
+
+import pytest
+
+import train.loop
+from train.cli import main
+from train.config import apply_overrides, load_preset
+from train.run import run
+
+FAST = {"task.eval_problems": "4", "task.pass_k": "0", "log_every": "1"}
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_smoke_preset_end_to_end(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["--preset=smoke", f"--out={out}"]) == 0
+    for name in ("config.json", "metrics.jsonl", "summary.json", "ckpt.pt", "tokenizer.json", "loss.png", "eval.png"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    cfg = load_preset("smoke")
+    assert [p["name"] for p in summary["phases"]] == [p.name for p in cfg.phases]
+    for p in summary["phases"]:
+        assert {"pretrain/bpb", "task/accuracy"} <= set(p["eval"])
+    with open(os.path.join(out, "config.json")) as f:
+        assert {"commit", "device", "torch", "triton"} <= set(json.load(f)["provenance"])
+    printed = capsys.readouterr().out
+    assert "evaluation after each phase" in printed and "tok/s" in printed
+
+
+def interrupt_after(monkeypatch, step):
+    original = train.loop.Trainer.train_step
+
+    def train_step(self, phase):
+        if self.step == step:
+            raise KeyboardInterrupt  # as if the process were killed right after the checkpoint at `step`
+        return original(self, phase)
+
+    monkeypatch.setattr(train.loop.Trainer, "train_step", train_step)
+
+
+@pytest.mark.parametrize("stop", [3, 4])  # mid-phase, and exactly at a phase boundary
+def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop):
+    straight = str(tmp_path / "straight")
+    run(apply_overrides(load_preset("smoke"), FAST | {"out": straight}))
+
+    resumed = str(tmp_path / "resumed")
+    cfg = apply_overrides(load_preset("smoke"), FAST | {"out": resumed, "ckpt_every": str(stop)})
+    with monkeypatch.context() as m:
+        interrupt_after(m, stop + 1 if stop == 3 else stop)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+    run(resume=resumed)
+
+    a, b = metrics(straight), metrics(resumed)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ra:
+            if key.startswith(("loss", "pretrain", "task", "grad_norm")):
+                assert ra[key] == rb[key], (ra["step"], key, ra[key], rb[key])
+
+
+def error_line(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_gets_one_line_errors(tmp_path, capsys):
+    assert "unknown config key --model.n_layers" in error_line(capsys, ["--model.n_layers=2"])
+    assert "expected a int" in error_line(capsys, ["--seed=x"])
+    assert "unknown preset" in error_line(capsys, ["--preset=nope"])
+    assert "no checkpoint in" in error_line(capsys, ["--resume", str(tmp_path)])
+
+    out = ["--preset=smoke", f"--out={tmp_path / 'r'}"]
+    assert "data file not found" in error_line(capsys, out + [f"--pretrain.data={tmp_path / 'missing.txt'}"])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    assert "is empty" in error_line(capsys, out + [f"--pretrain.data={empty}"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"text": oops}\n')
+    assert f"{bad}:3: malformed JSON" in error_line(capsys, out + [f"--pretrain.data={bad}"])
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"content": "x"}\n')
+    assert f'{wrong}:1: expected an object with a string "text" field' in error_line(capsys, out + [f"--pretrain.data={wrong}"])
+
+
+def test_user_text_file_trains(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 400)
+    out = str(tmp_path / "run")
+    run(apply_overrides(load_preset("smoke"), FAST | {"out": out, "pretrain.data": str(text)}))
+    assert os.listdir(os.path.join(out, "data"))  # the memory-mapped token shard
+    assert metrics(out)[-1]["step"] == 8
+
+
+def test_help_lists_options(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--model.n_layer=" in out and "--pretrain.steps=" in out and "--resume RUN_DIR" in out
