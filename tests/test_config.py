@@ -5,9 +5,9 @@ from train.config import ConfigError, apply_overrides, from_dict, load_preset, t
 
 def test_overrides_are_typed():
     cfg = apply_overrides(load_preset("smoke"), {"seed": "3", "model.n_layer": "3", "optim.lr": "1e-3",
-                                                 "wandb": "true", "pretrain.steps": "7", "pretrain2.decay": "linear"})
+                                                 "wandb": "true", "pretrain.steps": "7", "sft.decay": "linear"})
     assert cfg.seed == 3 and cfg.model.n_layer == 3 and cfg.optim.lr == 1e-3 and cfg.wandb is True
-    assert cfg.phase("pretrain").steps == 7 and cfg.phase("pretrain2").decay == "linear"
+    assert cfg.phase("pretrain").steps == 7 and cfg.phase("sft").decay == "linear"
 
 
 def test_overrides_do_not_touch_the_preset():
@@ -27,6 +27,9 @@ def test_overrides_do_not_touch_the_preset():
     ("model.n_kv_head", "3", "must divide"),
     ("optim.lr", "-1", "lr=-1.0 must be > 0"),
     ("model", "x", "is a group of settings"),
+    ("grpo.batch_size", "5", "must be a multiple of grpo.group_size=2"),
+    ("grpo.loss_type", "mean", "allowed values are grpo, bnpo, dapo, dr_grpo"),
+    ("sft.objective", "dpo", "allowed values are pretrain, sft, grpo"),
 ])
 def test_bad_overrides_name_the_key_and_the_fix(key, value, message):
     with pytest.raises(ConfigError) as e:
@@ -39,6 +42,7 @@ def test_unknown_preset():
         load_preset("huge")
 
 
-def test_round_trip_through_dict():
-    cfg = load_preset("default")
+@pytest.mark.parametrize("name", ["default", "smoke", "base", "base-smoke"])
+def test_round_trip_through_dict(name):
+    cfg = load_preset(name)
     assert from_dict(to_dict(cfg)) == cfg

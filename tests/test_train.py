@@ -9,7 +9,8 @@ from train.cli import main
 from train.config import apply_overrides, load_preset
 from train.run import run
 
-FAST = {"task.eval_problems": "4", "task.pass_k": "0", "log_every": "1"}
+FAST = {"task.eval_problems": "4", "task.pass_k": "0", "log_every": "1", "grpo.mu": "2", "grpo.beta": "0.1"}
+TIMING = {"ms", "tok_s", "mfu", "rollout_s", "rollout_tok_s"}
 
 
 def metrics(run_dir):
@@ -17,53 +18,62 @@ def metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
-def test_smoke_preset_end_to_end(tmp_path, capsys):
+@pytest.mark.parametrize("preset", ["smoke", "base-smoke"])  # pretrain → SFT → GRPO; two pretraining mixes
+def test_smoke_preset_end_to_end(tmp_path, capsys, preset):
     out = str(tmp_path / "run")
-    assert main(["--preset=smoke", f"--out={out}"]) == 0
+    assert main([f"--preset={preset}", f"--out={out}"]) == 0
     for name in ("config.json", "metrics.jsonl", "summary.json", "ckpt.pt", "tokenizer.json", "loss.png", "eval.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    cfg = load_preset("smoke")
+    cfg = load_preset(preset)
     assert [p["name"] for p in summary["phases"]] == [p.name for p in cfg.phases]
-    for p in summary["phases"]:
-        assert {"pretrain/bpb", "task/accuracy"} <= set(p["eval"])
+    for p in summary["phases"]:  # every held-out set after every phase
+        assert {f"{q.name}/loss" for q in cfg.phases if q.objective != "grpo"} <= set(p["eval"])
+        assert {"pretrain/bpb", "task/accuracy", "task/pass@2"} <= set(p["eval"])
     with open(os.path.join(out, "config.json")) as f:
         assert {"commit", "device", "torch", "triton"} <= set(json.load(f)["provenance"])
     printed = capsys.readouterr().out
     assert "evaluation after each phase" in printed and "tok/s" in printed
 
 
-def interrupt_after(monkeypatch, step):
+def interrupt_at(monkeypatch, step):
     original = train.loop.Trainer.train_step
 
     def train_step(self, phase):
         if self.step == step:
-            raise KeyboardInterrupt  # as if the process were killed right after the checkpoint at `step`
+            raise KeyboardInterrupt  # as if the process were killed before step `step` + 1
         return original(self, phase)
 
     monkeypatch.setattr(train.loop.Trainer, "train_step", train_step)
 
 
-@pytest.mark.parametrize("stop", [3, 4])  # mid-phase, and exactly at a phase boundary
-def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop):
-    straight = str(tmp_path / "straight")
-    run(apply_overrides(load_preset("smoke"), FAST | {"out": straight}))
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("straight"))
+    run(apply_overrides(load_preset("smoke"), FAST | {"out": out}))
+    return metrics(out)
 
+
+# (checkpoint every, killed at): mid-pretraining; at a phase boundary; killed two steps after the last
+# checkpoint (the logged steps past it must be dropped and redone); mid-GRPO between the two passes over one
+# rollout batch (mu=2), with a KL reference snapshot (beta > 0) to restore
+@pytest.mark.parametrize("ckpt_every,killed_at", [(3, 3), (4, 4), (5, 7), (9, 9)])
+def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, straight_run, ckpt_every, killed_at):
     resumed = str(tmp_path / "resumed")
-    cfg = apply_overrides(load_preset("smoke"), FAST | {"out": resumed, "ckpt_every": str(stop)})
+    cfg = apply_overrides(load_preset("smoke"), FAST | {"out": resumed, "ckpt_every": str(ckpt_every)})
     with monkeypatch.context() as m:
-        interrupt_after(m, stop + 1 if stop == 3 else stop)
+        interrupt_at(m, killed_at)
         with pytest.raises(KeyboardInterrupt):
             run(cfg)
     run(resume=resumed)
 
-    a, b = metrics(straight), metrics(resumed)
-    assert [r["step"] for r in a] == [r["step"] for r in b]
+    a, b = straight_run, metrics(resumed)
+    assert [(r["kind"], r["step"]) for r in a] == [(r["kind"], r["step"]) for r in b]
     for ra, rb in zip(a, b):
-        for key in ra:
-            if key.startswith(("loss", "pretrain", "task", "grad_norm")):
-                assert ra[key] == rb[key], (ra["step"], key, ra[key], rb[key])
+        assert set(ra) == set(rb)
+        for key in set(ra) - TIMING:
+            assert ra[key] == rb[key], (ra["step"], key, ra[key], rb[key])
 
 
 def error_line(capsys, argv):
@@ -98,7 +108,7 @@ def test_user_text_file_trains(tmp_path):
     out = str(tmp_path / "run")
     run(apply_overrides(load_preset("smoke"), FAST | {"out": out, "pretrain.data": str(text)}))
     assert os.listdir(os.path.join(out, "data"))  # the memory-mapped token shard
-    assert metrics(out)[-1]["step"] == 8
+    assert metrics(out)[-1]["step"] == 12
 
 
 def test_help_lists_options(capsys):

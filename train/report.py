@@ -14,6 +14,7 @@ import sys
 import time
 
 STANDARD = {"kind", "phase", "step", "lr", "ms", "tokens", "tok_s", "mfu", "loss"}  # fields every line has
+QUIET = {"rollout_s", "rollout_tok_s"}  # in metrics.jsonl, not on the console
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, per GPU
 
 
@@ -57,7 +58,7 @@ class RunLog:
         return fmt_time((time.time() - self.start) / done * (self.total - step))
 
     def train_line(self, r: dict) -> None:
-        extra = "".join(f" | {k} {v:.3f}" for k, v in r.items() if k not in STANDARD and isinstance(v, float))
+        extra = "".join(f" | {k} {v:.3f}" for k, v in r.items() if k not in STANDARD | QUIET and isinstance(v, float))
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         line = (
             f"{r['phase']:<10} step {r['step']:>5}/{self.total} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | "
