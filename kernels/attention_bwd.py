@@ -1,0 +1,237 @@
+"""Backward kernels of `kernels.attention` (the math is derived in that module's docstring).
+
+Three launches, FlashAttention-2 style, none of them with atomics:
+  1. `_attention_bwd_preprocess_kernel`: Δ_i = Σ_d dO_id · O_id                         (B, H, Tq) fp32
+  2. `_attention_bwd_dkdv_kernel`: one program per (key block, b, kv head). It holds K_j, V_j and loops over
+     the G query heads of its group and their query blocks, so the GQA sums dK = Σ_h scale·dSᵀQ and
+     dV = Σ_h Pᵀ dO happen in registers.
+  3. `_attention_bwd_dq_kernel`: one program per (query block, b, h); loops over key blocks for dQ = scale·dS K.
+P is recomputed in both 2 and 3 from the saved base-2 log-sum-exp: P = exp2(S·log2(e) − lse2).
+
+`_keep`, the visibility rule as a Triton helper, lives here and is shared with the forward kernels.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x · log2 e)
+
+
+@triton.jit
+def _keep(q_idx, k_idx, Tq, Tk, IS_CAUSAL: tl.constexpr):
+    """In-range and causal part of visibility for query rows q_idx and key positions k_idx (broadcast shapes).
+    Query row i sits at key position i + (Tk − Tq) (bottom-right aligned). Document ids are compared by the
+    caller, which has them loaded already."""
+    keep = (q_idx < Tq) & (k_idx < Tk)
+    if IS_CAUSAL:
+        keep = keep & (k_idx <= q_idx + (Tk - Tq))
+    return keep
+
+
+def _configs(cuda_configs):
+    # Under the interpreter every program runs in numpy, so one small tile keeps tests fast and still makes
+    # short sequences span several blocks (tails get exercised).
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in cuda_configs]
+
+
+@triton.jit
+def _attention_bwd_preprocess_kernel(
+    o_ptr, do_ptr, delta_ptr,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    H, Tq,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Tq
+    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+                mask=row_ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(delta_ptr + pid_bh * Tq + offs_m, tl.sum(o * do, axis=1), mask=row_ok)
+
+
+@triton.autotune(configs=_configs([(32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 3)]),
+                 key=["HEAD_DIM", "IS_CAUSAL", "HAS_DOCS", "GROUP", "t_bucket"])
+@triton.jit
+def _attention_bwd_dkdv_kernel(
+    # pointers
+    q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    # strides (dk and dv share the contiguous (B, Hkv, Tk, D) layout)
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_docb, stride_docn,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    # sizes
+    Hkv, Tq, Tk, GROUP, sm_scale, qk_scale, t_bucket,
+    # meta-parameters
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)  # int64: b·stride_b overflows int32 for large batches
+    b = pid_bh // Hkv
+    hk = pid_bh % Hkv
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = offs_n < Tk
+
+    # 1. This program's key block: K_j, V_j (BLOCK_N, D) stay in registers for the whole loop.
+    k = tl.load(k_ptr + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=col_ok[:, None], other=0.0)
+    v = tl.load(v_ptr + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                mask=col_ok[:, None], other=0.0)
+    if HAS_DOCS:
+        doc_k = tl.load(doc_ptr + b * stride_docb + offs_n * stride_docn, mask=col_ok, other=0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    # Causal: query row i sees key s only if s <= i + Tk − Tq, so rows before the block's first key
+    # minus (Tk − Tq) see none of it; start at the query block holding that row.
+    lo = 0
+    if IS_CAUSAL:
+        lo = tl.maximum(pid_n * BLOCK_N - (Tk - Tq), 0) // BLOCK_M * BLOCK_M
+
+    # 2. Every query head of the group and every query block that can see this key block.
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        q_base = q_ptr + b * stride_qb + h * stride_qh
+        do_base = do_ptr + b * stride_dob + h * stride_doh
+        row_base = (b * Hkv * GROUP + h) * Tq  # into lse and Δ, (B, H, Tq) contiguous
+        for start_m in range(lo, Tq, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < Tq
+            q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                        mask=row_ok[:, None], other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+                         mask=row_ok[:, None], other=0.0)
+            lse = tl.load(lse_ptr + row_base + offs_m, mask=row_ok, other=float("inf"))
+            delta = tl.load(delta_ptr + row_base + offs_m, mask=row_ok, other=0.0)
+            # 3. Pᵀ = exp2(Sᵀ·log2 e − lse2), transposed so that dV and dK come out as plain products.
+            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+            keep = _keep(offs_m[None, :], offs_n[:, None], Tq, Tk, IS_CAUSAL)
+            if HAS_DOCS:
+                doc_q = tl.load(doc_ptr + b * stride_docb + (offs_m + Tk - Tq) * stride_docn, mask=row_ok, other=0)
+                keep = keep & (doc_q[None, :] == doc_k[:, None])
+            # An empty row has lse2 = +inf, so exp2 gives 0 there rather than NaN.
+            p_t = tl.where(keep, tl.math.exp2(s_t - lse[None, :]), 0.0)
+            # 4. dV += Pᵀ dO
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+            # 5. dPᵀ = V dOᵀ;  dSᵀ = Pᵀ∘(dPᵀ − Δ);  dK += dSᵀ Q  (scale applied once at the end)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+
+    out = b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
+    tl.store(dk_ptr + out, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.autotune(configs=_configs([(128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)]),
+                 key=["HEAD_DIM", "IS_CAUSAL", "HAS_DOCS", "t_bucket"])
+@triton.jit
+def _attention_bwd_dq_kernel(
+    # pointers
+    q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    # strides (dq has q's shape, contiguous)
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_docb, stride_docn,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    # sizes
+    H, Tq, Tk, GROUP, sm_scale, qk_scale, t_bucket,
+    # meta-parameters
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Tq
+
+    # 1. This program's query block with its dO, lse2 and Δ.
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0)
+    lse = tl.load(lse_ptr + pid_bh * Tq + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(delta_ptr + pid_bh * Tq + offs_m, mask=row_ok, other=0.0)
+    if HAS_DOCS:
+        doc_q = tl.load(doc_ptr + b * stride_docb + (offs_m + Tk - Tq) * stride_docn, mask=row_ok, other=0)
+    k_base = k_ptr + b * stride_kb + hk * stride_kh
+    v_base = v_ptr + b * stride_vb + hk * stride_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    hi = Tk
+    if IS_CAUSAL:  # keys after the block's last query position are invisible to the whole block
+        hi = tl.minimum(Tk, (pid_m + 1) * BLOCK_M + Tk - Tq)
+    # 2. Every key block this query block can see.
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < Tk
+        k_t = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                      mask=col_ok[None, :], other=0.0)  # (D, BLOCK_N)
+        v_t = tl.load(v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
+                      mask=col_ok[None, :], other=0.0)
+        # 3. P = exp2(S·log2 e − lse2) on the visible entries, 0 elsewhere.
+        s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        keep = _keep(offs_m[:, None], offs_n[None, :], Tq, Tk, IS_CAUSAL)
+        if HAS_DOCS:
+            doc_k = tl.load(doc_ptr + b * stride_docb + offs_n * stride_docn, mask=col_ok, other=0)
+            keep = keep & (doc_q[:, None] == doc_k[None, :])
+        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
+        # 4. dP = dO Vᵀ;  dS = P∘(dP − Δ);  dQ += dS K
+        dp = tl.dot(do, v_t, input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=DOT_PRECISION)
+
+    out = b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd
+    tl.store(dq_ptr + out, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+def attention_bwd(q, k, v, o, lse, do, doc_ids, causal: bool, scale: float):
+    """dQ, dK, dV of `attention` given the saved output `o` and base-2 log-sum-exp `lse` (B, H, Tq) fp32."""
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    if do.shape != o.shape:
+        raise ValueError(f"attention backward: grad_output shape {tuple(do.shape)} != output shape {tuple(o.shape)}")
+    delta = torch.empty((B, H, Tq), device=q.device, dtype=torch.float32)
+    dq = torch.empty((B, H, Tq, D), device=q.device, dtype=q.dtype)
+    dk = torch.empty((B, Hkv, Tk, D), device=q.device, dtype=k.dtype)
+    dv = torch.empty((B, Hkv, Tk, D), device=q.device, dtype=v.dtype)
+    has_docs = doc_ids is not None
+    doc = doc_ids if has_docs else lse  # a placeholder pointer, never read when HAS_DOCS is False
+    doc_strides = (doc_ids.stride(0), doc_ids.stride(1)) if has_docs else (0, 0)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 in means fp32 products, not TF32
+    t_bucket = triton.next_power_of_2(Tk)  # autotune once per power-of-two length, not per length
+
+    _attention_bwd_preprocess_kernel[(triton.cdiv(Tq, 64), B * H)](
+        o, do, delta, *o.stride(), *do.stride(), H, Tq, HEAD_DIM=D, BLOCK_M=64)
+    _attention_bwd_dkdv_kernel[lambda meta: (triton.cdiv(Tk, meta["BLOCK_N"]), B * Hkv)](
+        q, k, v, doc, do, lse, delta, dk, dv,
+        *q.stride(), *k.stride(), *v.stride(), *doc_strides, *do.stride(), *dk.stride(),
+        Hkv, Tq, Tk, H // Hkv, scale, scale * LOG2E, t_bucket,
+        HEAD_DIM=D, IS_CAUSAL=causal, HAS_DOCS=has_docs, DOT_PRECISION=precision)
+    _attention_bwd_dq_kernel[lambda meta: (triton.cdiv(Tq, meta["BLOCK_M"]), B * H)](
+        q, k, v, doc, do, lse, delta, dq,
+        *q.stride(), *k.stride(), *v.stride(), *doc_strides, *do.stride(), *dq.stride(),
+        H, Tq, Tk, H // Hkv, scale, scale * LOG2E, t_bucket,
+        HEAD_DIM=D, IS_CAUSAL=causal, HAS_DOCS=has_docs, DOT_PRECISION=precision)
+    return dq, dk, dv
