@@ -107,8 +107,7 @@ class RolloutSource:
         completions = generate(model, prompts, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
                                top_k=p.top_k or None, stop_id=tok.end, pad_id=tok.pad, generator=self.generator)
         t_gen = time.perf_counter() - t0
-        rewards = torch.tensor([self.reward_fn(tok.completion_text(c), items[i // G][1])
-                                for i, c in enumerate(completions)], dtype=torch.float32)
+        rewards = torch.tensor([self.score(tok.completion_text(c), items[i // G][1]) for i, c in enumerate(completions)])
         adv = group_advantages(rewards, G, scale_std=p.scale_std, std_floor=p.std_floor, backend="reference")
 
         # rows: prompt + completion, right-padded; the target at position t is token t+1
@@ -148,6 +147,12 @@ class RolloutSource:
             "rollout_tok_s": float(lengths.sum()) / t_gen,
         }
         return batches
+
+    def score(self, completion: str, answer: str) -> float:
+        r = self.reward_fn(completion, answer)
+        if not isinstance(r, (int, float)):
+            raise TypeError(f"reward function returned {r!r} for one completion; it must return one float")
+        return float(r)
 
     def _index(self, i: int) -> int:
         return i % self.count if self.count else i
