@@ -7,16 +7,12 @@ excluded) and records TFLOP/s, peak memory, the shape and the provenance in `ben
 On CPU: one tiny shape under the Triton interpreter so the suite keeps working; no timing claims.
 Run: `python -m pytest bench/test_attention.py --benchmark-only` (add `--benchmark-json=…` to keep results).
 """
-import subprocess
-
 import pytest
 import torch
 import torch.nn.functional as F
-import triton
 
+from bench.common import CUDA, measure, sync
 from kernels.attention import attention, attention_reference
-
-CUDA = torch.cuda.is_available()
 
 
 def attention_flops(B: int, H: int, T: int, D: int, causal: bool, mode: str) -> float:
@@ -30,16 +26,6 @@ def reference_bytes(B: int, H: int, T: int) -> int:
     return 6 * 4 * B * H * T * T
 
 
-def provenance() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"device": torch.cuda.get_device_name() if CUDA else "cpu (Triton interpreter)",
-            "torch": torch.__version__, "triton": triton.__version__, "commit": commit}
-
-
 if CUDA:
     SEQ_LENS, HEAD_DIMS, DTYPE = [512, 1024, 2048, 4096, 8192, 16384], [64, 128], torch.bfloat16
     TOKENS, MODEL_DIM, ROUNDS, WARMUP = 16384, 2048, 20, 3  # B·T and H·D of every shape
@@ -48,11 +34,6 @@ else:
     TOKENS, MODEL_DIM, ROUNDS, WARMUP = 37, 64, 1, 0
 BACKENDS = ["triton", "sdpa", "reference"]
 MODES = ["fwd", "bwd", "fwd+bwd"]
-
-
-def sync():
-    if CUDA:
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -107,24 +88,7 @@ def test_attention_throughput(benchmark, T, D, causal, backend, mode):
         def setup():
             q.grad = k.grad = v.grad = None
 
-    for _ in range(WARMUP):  # compile and autotune outside the timed rounds
-        if setup:
-            setup()
-        step()
-    if CUDA:
-        if setup:
-            setup()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-    benchmark.extra_info.update(provenance())
-    benchmark.extra_info.update({
-        "shape": f"B={B} H={H} T={T} D={D}", "dtype": str(DTYPE).removeprefix("torch."), "causal": causal,
-        "mode": mode, "backend": backend,
-        "baselines": "reference (fp32 PyTorch), sdpa (F.scaled_dot_product_attention)",
-        "flop": attention_flops(B, H, T, D, causal, mode),
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if CUDA else None,
-    })
-    benchmark.pedantic(step, setup=setup, rounds=ROUNDS, warmup_rounds=0, iterations=1)
-    if CUDA and benchmark.stats is not None:
-        seconds = benchmark.stats.stats.median
-        benchmark.extra_info["tflops"] = attention_flops(B, H, T, D, causal, mode) / seconds / 1e12
+    measure(benchmark, step, setup=setup, suite="attention", impl=backend, rounds=ROUNDS, warmup=WARMUP,
+            shape=f"B={B} H={H} T={T} D={D} {str(DTYPE).removeprefix('torch.')}",
+            flops=attention_flops(B, H, T, D, causal, mode), causal=causal, mode=mode,
+            baseline="reference (fp32 PyTorch), sdpa (F.scaled_dot_product_attention)")

@@ -1,10 +1,10 @@
 """Benchmarks: cross-entropy on logits, fused linear + cross-entropy, and the device copy they are judged by.
 
-Each case checks its result first, then times forward + backward with CUDA synchronisation inside the timed
-callable (inputs are prepared and synchronised in `setup`, outside the timing; warm-up rounds excluded), and
-records in `benchmark.extra_info`: the shape, the dtype, the hardware rate (GB/s for the logits path, with its
+Each case checks its result first, then times forward + backward through `bench.common.measure` (CUDA
+synchronisation inside the timed callable; inputs prepared and synchronised in `setup`, outside the timing;
+warm-up rounds excluded), which records the shape, the hardware rate (GB/s for the logits path, with its
 fraction of the measured device copy bandwidth; effective TFLOP/s = 6·N·d·V / time for the fused path), the
-peak memory beyond the inputs, the baseline it competes with, and the provenance (device, torch, Triton).
+peak memory in total and beyond the inputs, and the baseline it competes with. Provenance heads the run.
 
 Baselines: F.cross_entropy on materialised logits, eager and torch.compile; for the fused path also the bare
 LM-head matmul forward + backward (logits = h Wᵀ, then dh, dW from a given dlogits), which is the floor.
@@ -18,13 +18,11 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from bench.common import CUDA, DEVICE, fits, measure, skip_compile_on_cpu, sync
 from kernels.cross_entropy import cross_entropy, cross_entropy_reference
 from kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 
-CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
 DTYPE = torch.bfloat16 if CUDA else torch.float32
-ROUNDS, WARMUP = (10, 3) if CUDA else (1, 0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -51,15 +49,6 @@ def materialised_bytes(N, V, elt):
     return 4 * N * V * elt
 
 
-def skip_compile_on_cpu(impl):
-    if impl == "torch_compile" and not CUDA:
-        pytest.skip("torch.compile on CPU takes tens of seconds to build a baseline that is only timed on CUDA")
-
-
-def fits(nbytes):
-    return not CUDA or nbytes < 0.85 * torch.cuda.get_device_properties(0).total_memory
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Shapes
 # ----------------------------------------------------------------------------------------------------------
@@ -69,41 +58,6 @@ if CUDA:
 else:
     CE_SHAPES = [(16, 300)]
     LCE_SHAPES = [(16, 8, 300)]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Harness
-# ----------------------------------------------------------------------------------------------------------
-def _sync():
-    if CUDA:
-        torch.cuda.synchronize()
-
-
-def _provenance():
-    device = torch.cuda.get_device_name(0) if CUDA else "cpu (Triton interpreter)"
-    return {"device": device, "torch": torch.__version__, "triton": triton.__version__}
-
-
-def _peak_extra_bytes(step, args):
-    """Peak memory allocated while `step(*args)` runs, beyond what was allocated before it (the inputs)."""
-    if not CUDA:
-        return None
-    _sync()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    step(*args)
-    _sync()
-    return torch.cuda.max_memory_allocated() - before
-
-
-def _run(benchmark, step, setup, info):
-    """Time step(*setup()) and record info, the peak memory, the provenance; returns seconds (median) on CUDA."""
-    info["peak_extra_GiB"] = None if not CUDA else round(_peak_extra_bytes(step, setup()[0]) / 2**30, 3)
-    benchmark.extra_info.update(info, **_provenance())
-    benchmark.pedantic(step, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP)
-    if not CUDA or benchmark.stats is None:
-        return None
-    return benchmark.stats.stats.median
 
 
 @pytest.fixture(scope="module")
@@ -120,18 +74,18 @@ def copy_gbps():
 
 def test_device_copy_bandwidth(benchmark, copy_gbps):
     nbytes = 2**30 if CUDA else 2**20
-    src = torch.empty(nbytes, dtype=torch.uint8, device=DEV)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=DEVICE)
     dst = torch.empty_like(src)
 
     def step():
         dst.copy_(src)
-        _sync()
+        sync()
 
     dst.copy_(src)
     assert torch.equal(dst, src)
-    seconds = _run(benchmark, step, lambda: ((), {}), {"bytes": nbytes, "baseline": "this is the baseline"})
+    seconds = measure(benchmark, step, suite="device_copy", impl="copy", shape=f"{nbytes} bytes uint8",
+                      nbytes=copy_bytes(nbytes), baseline="this is the baseline")
     if seconds:
-        benchmark.extra_info["GB/s"] = round(copy_bytes(nbytes) / seconds / 1e9, 1)
         benchmark.extra_info["GB/s (do_bench)"] = round(copy_gbps, 1)
 
 
@@ -161,9 +115,9 @@ def test_cross_entropy_logits(benchmark, copy_gbps, N, V, impl):
     if impl == "torch_compile":
         torch._dynamo.reset()  # a fresh compile per shape, not a dynamic-shape graph shared across shapes
         fn = torch.compile(_torch_ce, dynamic=False)
-    g = torch.Generator(device=DEV).manual_seed(0)
-    base = (torch.randn(N, V, device=DEV, generator=g) * 2).to(DTYPE)
-    target = torch.randint(0, V, (N,), device=DEV, generator=g)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    base = (torch.randn(N, V, device=DEVICE, generator=g) * 2).to(DTYPE)
+    target = torch.randint(0, V, (N,), device=DEVICE, generator=g)
 
     # 1. check: loss and dlogits of the first rows against the fp32 reference
     rows = min(N, 256)
@@ -180,22 +134,19 @@ def test_cross_entropy_logits(benchmark, copy_gbps, N, V, impl):
     # 2. time forward + backward
     def setup():
         x = base.clone().requires_grad_()
-        _sync()
+        sync()
         return (x,), {}
 
     def step(x):
         (dx,) = torch.autograd.grad(fn(x, target), x)
-        _sync()
+        sync()
         return dx
 
-    seconds = _run(benchmark, step, setup, {
-        "N": N, "V": V, "dtype": str(DTYPE), "impl": impl,
-        "baseline": "F.cross_entropy on materialised logits (torch_eager, torch_compile)",
-    })
+    seconds = measure(benchmark, step, setup=setup, suite="cross_entropy", impl=impl,
+                      shape=f"N={N} V={V} {str(DTYPE).removeprefix('torch.')}", nbytes=ce_bytes(N, V, elt),
+                      N=N, V=V, baseline="F.cross_entropy on materialised logits (torch_eager, torch_compile)")
     if seconds:
-        gbps = ce_bytes(N, V, elt) / seconds / 1e9
-        benchmark.extra_info["GB/s"] = round(gbps, 1)
-        benchmark.extra_info["fraction_of_copy"] = round(gbps / copy_gbps, 3)
+        benchmark.extra_info["fraction_of_copy"] = round(ce_bytes(N, V, elt) / seconds / 1e9 / copy_gbps, 3)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -216,13 +167,13 @@ def test_linear_cross_entropy(benchmark, N, d, V, impl):
     weights = V * d * (2 * elt + 4)  # W, dW and the fused path's fp32 dW accumulator
     if impl != "triton_fused" and not fits(materialised_bytes(N, V, elt) + weights):
         pytest.skip(f"N={N} d={d} V={V} materialised does not fit")
-    g = torch.Generator(device=DEV).manual_seed(0)
-    hidden = torch.randn(N, d, device=DEV, generator=g).to(DTYPE)
-    weight = (torch.randn(V, d, device=DEV, generator=g) / d**0.5).to(DTYPE)
-    target = torch.randint(0, V, (N,), device=DEV, generator=g)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    hidden = torch.randn(N, d, device=DEVICE, generator=g).to(DTYPE)
+    weight = (torch.randn(V, d, device=DEVICE, generator=g) / d**0.5).to(DTYPE)
+    target = torch.randint(0, V, (N,), device=DEVICE, generator=g)
 
     if impl == "matmul_floor":
-        dlogits = torch.randn(N, V, device=DEV, generator=g).to(DTYPE)
+        dlogits = torch.randn(N, V, device=DEVICE, generator=g).to(DTYPE)
 
         def fn(h, w):
             return torch.autograd.grad(F.linear(h, w), (h, w), dlogits)
@@ -251,17 +202,14 @@ def test_linear_cross_entropy(benchmark, N, d, V, impl):
 
     # 2. time forward + backward
     def setup():
-        _sync()
+        sync()
         return (hidden.detach().requires_grad_(), weight.detach().requires_grad_()), {}
 
     def step(h, w):
         out = fn(h, w)
-        _sync()
+        sync()
         return out
 
-    seconds = _run(benchmark, step, setup, {
-        "N": N, "d": d, "V": V, "dtype": str(DTYPE), "impl": impl,
-        "baseline": "matmul_floor (LM head fwd+bwd); F.cross_entropy(F.linear) eager and compiled",
-    })
-    if seconds:
-        benchmark.extra_info["TFLOP/s"] = round(linear_ce_flops(N, d, V) / seconds / 1e12, 1)
+    measure(benchmark, step, setup=setup, suite="linear_cross_entropy", impl=impl,
+            shape=f"N={N} d={d} V={V} {str(DTYPE).removeprefix('torch.')}", flops=linear_ce_flops(N, d, V),
+            N=N, d=d, V=V, baseline="matmul_floor (LM head fwd+bwd); F.cross_entropy(F.linear) eager and compiled")

@@ -4,28 +4,24 @@ Against the unfused reference (materialised bf16 logits hidden @ Wᵀ, fp32 log-
 autograd) and the floor: the bare LM-head matmul forward + backward (3 matmuls, 6·N·d·V FLOPs), which no
 fused loss can beat. Reported: time, TFLOP/s at 6·N·d·V, and peak memory above the inputs. On CUDA: N = 2k,
 4k, 8k, 16k tokens, V = 50304 and 131072, d = 2048, bf16, synchronised inside the timed callable, warm-up
-excluded. On CPU: tiny sizes, the kernels under Triton's interpreter, so the suite keeps working; no timing
-claims.
+excluded (bench.common.measure; a case that runs out of memory is skipped). On CPU: tiny sizes, the kernels
+under Triton's interpreter, so the suite keeps working; no timing claims.
 
     pytest bench/test_grpo.py --benchmark-only --benchmark-columns=mean,stddev
 """
 import pytest
 import torch
 
+from bench.common import CUDA, DEVICE, measure, sync
 from kernels.grpo import grpo_loss_reference, linear_grpo_loss
 from kernels.logprobs import token_logprobs_reference
 
-CUDA = torch.cuda.is_available()
 KW = dict(eps_low=0.2, eps_high=0.28, beta=0.04)
 
 
 def head_flops(N, d, V):
     """Forward + backward of the LM head: logits (2·N·d·V), ∂hidden (2·N·d·V), ∂W (2·N·d·V)."""
     return 6 * N * d * V
-
-
-def tflops(flops, seconds):
-    return flops / seconds / 1e12
 
 
 def _problem(N, V, d, device):
@@ -65,21 +61,13 @@ SHAPES = ([(N, V, 2048) for V in (50304, 131072) for N in (2048, 4096, 8192, 163
           else [(9, 70, 16), (33, 130, 8)])
 
 
-def _provenance():
-    import triton
-    dev = torch.cuda.get_device_name() if CUDA else "cpu (Triton interpreter)"
-    return dict(device=dev, torch=torch.__version__, triton=triton.__version__)
-
-
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("N,V,d", SHAPES)
 def test_bench_linear_grpo_loss(benchmark, N, V, d, provider):
-    device = "cuda" if CUDA else "cpu"
-    args = _problem(N, V, d, device)
+    args = _problem(N, V, d, DEVICE)
     hidden, weight = args[0], args[1]
     fn = PROVIDERS[provider]
-    info = dict(_provenance(), shape=f"N={N} V={V} d={d} {str(hidden.dtype).removeprefix('torch.')}",
-                provider=provider, baselines="unfused (materialised logits + reference math), head_matmul (floor)")
+    info = {}
     # 1. check the fused loss against the unfused one at this shape (on a 2k-row slice when that is larger)
     if provider == "fused":
         n = min(N, 2048)
@@ -95,24 +83,8 @@ def test_bench_linear_grpo_loss(benchmark, N, V, d, provider):
     def run():
         hidden.grad = weight.grad = None
         fn(*args)
-        if CUDA:
-            torch.cuda.synchronize()
-    if CUDA:
-        torch.cuda.synchronize()
-        hidden.grad = weight.grad = None
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        try:
-            run()
-        except torch.cuda.OutOfMemoryError:
-            pytest.skip(f"{provider} runs out of memory at N={N} V={V} d={d}")
-        info["peak_extra_gib"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
-        benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=2)
-        if benchmark.stats is not None:
-            sec = benchmark.stats.stats.median
-            info["ms"] = sec * 1e3
-            info["TFLOP/s (6·N·d·V)"] = tflops(head_flops(N, d, V), sec)
-    else:
-        benchmark.pedantic(run, rounds=1, iterations=1)
-        info["note"] = "CPU smoke run under the interpreter: no timing claims"
-    benchmark.extra_info.update(info)
+        sync()
+    measure(benchmark, run, suite="grpo_loss", impl=provider, rounds=10, warmup=2,
+            shape=f"N={N} V={V} d={d} {str(hidden.dtype).removeprefix('torch.')}", flops=head_flops(N, d, V),
+            N=N, V=V, d=d, flops_formula="6·N·d·V (the LM head's three matmuls)",
+            baseline="unfused (materialised logits + reference math), head_matmul (floor)", **info)

@@ -3,7 +3,8 @@
 Memory-bound: reported in GB/s over the bytes that must move (the logits read once, target in, logp out),
 against two PyTorch baselines: log_softmax + gather (materialises (N, V) fp32), and logsumexp-based
 (x_t − logsumexp(x), still an fp32 upcast of the logits). On CUDA: the full sweep, bf16 logits, timed with a
-CUDA synchronisation inside the benchmarked callable, warm-up rounds excluded, peak memory recorded. On CPU:
+CUDA synchronisation inside the benchmarked callable (bench.common.measure), warm-up rounds excluded, peak
+memory recorded. On CPU:
 the same suite at tiny sizes with the kernel under Triton's interpreter, so it keeps working; no timing claims.
 
     pytest bench/test_logprobs.py --benchmark-only --benchmark-columns=mean,stddev
@@ -11,18 +12,13 @@ the same suite at tiny sizes with the kernel under Triton's interpreter, so it k
 import pytest
 import torch
 
+from bench.common import CUDA, DEVICE, measure, sync
 from kernels.logprobs import token_logprobs, token_logprobs_reference
-
-CUDA = torch.cuda.is_available()
 
 
 def logprobs_bytes(N, V, elem_bytes, target_bytes=8):
     """Bytes a log-prob pass must move: read the (N, V) logits and the targets, write fp32 logp."""
     return N * V * elem_bytes + N * target_bytes + N * 4
-
-
-def gbps(nbytes, seconds):
-    return nbytes / seconds / 1e9
 
 
 def _log_softmax_gather(x, t):
@@ -42,20 +38,13 @@ PROVIDERS = {
 SHAPES = [(N, V) for N in (4096, 16384) for V in (50304, 131072)] if CUDA else [(8, 64), (5, 257)]
 
 
-def _provenance():
-    import triton
-    dev = torch.cuda.get_device_name() if CUDA else "cpu (Triton interpreter)"
-    return dict(device=dev, torch=torch.__version__, triton=triton.__version__)
-
-
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("N,V", SHAPES)
 def test_bench_token_logprobs(benchmark, N, V, provider):
-    device = "cuda" if CUDA else "cpu"
     dtype = torch.bfloat16 if CUDA else torch.float32
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = (4 * torch.randn(N, V, device=device, generator=gen)).to(dtype)
-    t = torch.randint(0, V, (N,), device=device, generator=gen)
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    x = (4 * torch.randn(N, V, device=DEVICE, generator=gen)).to(dtype)
+    t = torch.randint(0, V, (N,), device=DEVICE, generator=gen)
     fn = PROVIDERS[provider]
     # 1. check: against the fp32 reference on the same (rounded) logits
     with torch.no_grad():
@@ -66,20 +55,7 @@ def test_bench_token_logprobs(benchmark, N, V, provider):
     def run():
         with torch.no_grad():
             fn(x, t)
-        if CUDA:
-            torch.cuda.synchronize()
-    info = dict(_provenance(), shape=f"N={N} V={V} {str(dtype).removeprefix('torch.')}", provider=provider,
-                baselines="log_softmax_gather, logsumexp", max_abs_err=err)
-    if CUDA:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run()
-        info["peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-        benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=3)
-        if benchmark.stats is not None:
-            info["GB/s"] = gbps(logprobs_bytes(N, V, x.element_size()), benchmark.stats.stats.median)
-    else:
-        benchmark.pedantic(run, rounds=1, iterations=1)
-        info["note"] = "CPU smoke run under the interpreter: no timing claims"
-    benchmark.extra_info.update(info)
+        sync()
+    measure(benchmark, run, suite="logprobs", impl=provider, rounds=20, warmup=3,
+            shape=f"N={N} V={V} {str(dtype).removeprefix('torch.')}", nbytes=logprobs_bytes(N, V, x.element_size()),
+            N=N, V=V, baseline="log_softmax_gather, logsumexp", max_abs_err=err)

@@ -52,8 +52,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels._attention_common import (
+    LOG2E, autotune_configs, causal_key_end, keep_mask, load_doc_ids, load_tile, online_softmax_end,
+    online_softmax_init, online_softmax_step,
+)
 from kernels._dispatch import use_triton
-from kernels.attention_bwd import LOG2E, _configs, _keep, attention_bwd
+from kernels.attention_bwd import attention_bwd
 
 HEAD_DIMS = (16, 32, 64, 128)
 DECODE_MAX_TQ = 16  # query rows up to which the decode kernel is used (when no gradient is needed)
@@ -127,7 +131,7 @@ def _attention_sdpa(q, k, v, causal, doc_ids, scale):
 
 
 # ----------------------------------------------------------------------------------------------- kernels
-@triton.autotune(configs=_configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4)]),
+@triton.autotune(configs=autotune_configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4)]),
                  key=["HEAD_DIM", "IS_CAUSAL", "HAS_DOCS", "t_bucket"])
 @triton.jit
 def _attention_fwd_kernel(
@@ -155,46 +159,26 @@ def _attention_fwd_kernel(
     row_ok = offs_m < Tq
 
     # 1. The query block (BLOCK_M, D) and the document id at each query row's position.
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None], other=0.0)
-    if HAS_DOCS:
-        doc_q = tl.load(doc_ptr + b * stride_docb + (offs_m + Tk - Tq) * stride_docn, mask=row_ok, other=0)
+    q = load_tile(q_ptr + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qm, stride_qd, row_ok, False)
+    doc_base = doc_ptr + b * stride_docb
+    doc_q = load_doc_ids(doc_base, offs_m + Tk - Tq, row_ok, stride_docn, HAS_DOCS)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max, base-2 units
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    m_i, l_i, acc = online_softmax_init(BLOCK_M, HEAD_DIM)
 
-    hi = Tk
-    if IS_CAUSAL:  # keys after the block's last query position are invisible to the whole block
-        hi = tl.minimum(Tk, (pid_m + 1) * BLOCK_M + Tk - Tq)
-    # 2. Online softmax over key blocks.
-    for start_n in range(0, hi, BLOCK_N):
+    # 2. Online softmax over the key blocks this query block can see.
+    for start_n in range(0, causal_key_end(pid_m, Tq, Tk, BLOCK_M, IS_CAUSAL), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < Tk
-        k_t = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                      mask=col_ok[None, :], other=0.0)  # (D, BLOCK_N)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
-        s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale  # S·log2 e, (BLOCK_M, BLOCK_N)
-        keep = _keep(offs_m[:, None], offs_n[None, :], Tq, Tk, IS_CAUSAL)
-        if HAS_DOCS:
-            doc_k = tl.load(doc_ptr + b * stride_docb + offs_n * stride_docn, mask=col_ok, other=0)
-            keep = keep & (doc_q[:, None] == doc_k[None, :])
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # A row that has seen no visible key yet keeps m = −inf; subtracting 0 instead avoids −inf − (−inf).
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        k_t = load_tile(k_base, offs_n, offs_d, stride_kn, stride_kd, col_ok, True)  # (D, BLOCK_N)
+        v = load_tile(v_base, offs_n, offs_d, stride_vn, stride_vd, col_ok, False)  # (BLOCK_N, D)
+        doc_k = load_doc_ids(doc_base, offs_n, col_ok, stride_docn, HAS_DOCS)
+        keep = keep_mask(offs_m[:, None], offs_n[None, :], doc_q[:, None], doc_k[None, :], Tq, Tk,
+                         IS_CAUSAL, HAS_DOCS)
+        m_i, l_i, acc = online_softmax_step(q, k_t, v, keep, m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
     # 3. O = A / l and lse2 = m + log2 l; an empty row gets O = 0 and lse2 = +inf (P = 0 in the backward).
-    empty = l_i == 0.0
-    o = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    o, lse = online_softmax_end(m_i, l_i, acc, float("inf"))
     tl.store(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
              o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
     tl.store(lse_ptr + pid_bh * Tq + offs_m, lse, mask=row_ok)
@@ -228,13 +212,11 @@ def _attention_decode_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=row_ok[:, None], other=0.0)
-    if HAS_DOCS:
-        doc_q = tl.load(doc_ptr + b * stride_docb + (i + Tk - Tq) * stride_docn, mask=row_ok, other=0)
+    doc_base = doc_ptr + b * stride_docb
+    doc_q = load_doc_ids(doc_base, i + Tk - Tq, row_ok, stride_docn, HAS_DOCS)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    m_i, l_i, acc = online_softmax_init(BLOCK_M, HEAD_DIM)
 
     # 2. The same online softmax as the forward kernel, over this split's keys only.
     lo = split * keys_per_split
@@ -242,28 +224,16 @@ def _attention_decode_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < hi
-        k_t = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                      mask=col_ok[None, :], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=col_ok[:, None], other=0.0)
-        s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale
-        keep = _keep(i[:, None], offs_n[None, :], Tq, Tk, IS_CAUSAL) & row_ok[:, None] & col_ok[None, :]
-        if HAS_DOCS:
-            doc_k = tl.load(doc_ptr + b * stride_docb + offs_n * stride_docn, mask=col_ok, other=0)
-            keep = keep & (doc_q[:, None] == doc_k[None, :])
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        k_t = load_tile(k_base, offs_n, offs_d, stride_kn, stride_kd, col_ok, True)
+        v = load_tile(v_base, offs_n, offs_d, stride_vn, stride_vd, col_ok, False)
+        doc_k = load_doc_ids(doc_base, offs_n, col_ok, stride_docn, HAS_DOCS)
+        # i < Tq holds for the padding rows too (i = r mod Tq), and keys past hi belong to the next split.
+        keep = keep_mask(i[:, None], offs_n[None, :], doc_q[:, None], doc_k[None, :], Tq, Tk, IS_CAUSAL, HAS_DOCS)
+        keep = keep & row_ok[:, None] & col_ok[None, :]
+        m_i, l_i, acc = online_softmax_step(q, k_t, v, keep, m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
     # 3. This split's (O_c, lse2_c); a split that saw no visible key writes O_c = 0, lse2_c = −inf (weight 0).
-    empty = l_i == 0.0
-    o = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    o, lse = online_softmax_end(m_i, l_i, acc, float("-inf"))
     part = (pid_bh * NUM_SPLITS + split) * n_rows + rows
     tl.store(po_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], o, mask=row_ok[:, None])
     tl.store(plse_ptr + part, lse, mask=row_ok)
@@ -283,9 +253,7 @@ def _attention_decode_combine_kernel(
     n_rows = GROUP * Tq
     row_ok = rows < n_rows
     offs_d = tl.arange(0, HEAD_DIM)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    m_i, l_i, acc = online_softmax_init(BLOCK_M, HEAD_DIM)
     # Online softmax over splits, each weighted by its own l_c = 2^lse2_c.
     for split in range(0, NUM_SPLITS):
         part = (pid_bh * NUM_SPLITS + split) * n_rows + rows

@@ -8,34 +8,13 @@ Three launches, FlashAttention-2 style, none of them with atomics:
   3. `_attention_bwd_dq_kernel`: one program per (query block, b, h); loops over key blocks for dQ = scale·dS K.
 P is recomputed in both 2 and 3 from the saved base-2 log-sum-exp: P = exp2(S·log2(e) − lse2).
 
-`_keep`, the visibility rule as a Triton helper, lives here and is shared with the forward kernels.
+The tile loads and the visibility rule are the helpers in `kernels._attention_common`, shared with the forward.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x · log2 e)
-
-
-@triton.jit
-def _keep(q_idx, k_idx, Tq, Tk, IS_CAUSAL: tl.constexpr):
-    """In-range and causal part of visibility for query rows q_idx and key positions k_idx (broadcast shapes).
-    Query row i sits at key position i + (Tk − Tq) (bottom-right aligned). Document ids are compared by the
-    caller, which has them loaded already."""
-    keep = (q_idx < Tq) & (k_idx < Tk)
-    if IS_CAUSAL:
-        keep = keep & (k_idx <= q_idx + (Tk - Tq))
-    return keep
-
-
-def _configs(cuda_configs):
-    # Under the interpreter every program runs in numpy, so one small tile keeps tests fast and still makes
-    # short sequences span several blocks (tails get exercised).
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in cuda_configs]
+from kernels._attention_common import LOG2E, autotune_configs, causal_key_end, keep_mask, load_doc_ids, load_tile
 
 
 @triton.jit
@@ -53,14 +32,13 @@ def _attention_bwd_preprocess_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Tq
-    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-                mask=row_ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    o = load_tile(o_ptr + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_om, stride_od, row_ok, False)
+    do = load_tile(do_ptr + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dom, stride_dod, row_ok, False)
+    o, do = o.to(tl.float32), do.to(tl.float32)
     tl.store(delta_ptr + pid_bh * Tq + offs_m, tl.sum(o * do, axis=1), mask=row_ok)
 
 
-@triton.autotune(configs=_configs([(32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 3)]),
+@triton.autotune(configs=autotune_configs([(32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 3)]),
                  key=["HEAD_DIM", "IS_CAUSAL", "HAS_DOCS", "GROUP", "t_bucket"])
 @triton.jit
 def _attention_bwd_dkdv_kernel(
@@ -88,12 +66,10 @@ def _attention_bwd_dkdv_kernel(
     col_ok = offs_n < Tk
 
     # 1. This program's key block: K_j, V_j (BLOCK_N, D) stay in registers for the whole loop.
-    k = tl.load(k_ptr + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=col_ok[:, None], other=0.0)
-    v = tl.load(v_ptr + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                mask=col_ok[:, None], other=0.0)
-    if HAS_DOCS:
-        doc_k = tl.load(doc_ptr + b * stride_docb + offs_n * stride_docn, mask=col_ok, other=0)
+    k = load_tile(k_ptr + b * stride_kb + hk * stride_kh, offs_n, offs_d, stride_kn, stride_kd, col_ok, False)
+    v = load_tile(v_ptr + b * stride_vb + hk * stride_vh, offs_n, offs_d, stride_vn, stride_vd, col_ok, False)
+    doc_base = doc_ptr + b * stride_docb
+    doc_k = load_doc_ids(doc_base, offs_n, col_ok, stride_docn, HAS_DOCS)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
@@ -112,18 +88,15 @@ def _attention_bwd_dkdv_kernel(
         for start_m in range(lo, Tq, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             row_ok = offs_m < Tq
-            q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                        mask=row_ok[:, None], other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                         mask=row_ok[:, None], other=0.0)
+            q = load_tile(q_base, offs_m, offs_d, stride_qm, stride_qd, row_ok, False)
+            do = load_tile(do_base, offs_m, offs_d, stride_dom, stride_dod, row_ok, False)
             lse = tl.load(lse_ptr + row_base + offs_m, mask=row_ok, other=float("inf"))
             delta = tl.load(delta_ptr + row_base + offs_m, mask=row_ok, other=0.0)
             # 3. Pᵀ = exp2(Sᵀ·log2 e − lse2), transposed so that dV and dK come out as plain products.
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
-            keep = _keep(offs_m[None, :], offs_n[:, None], Tq, Tk, IS_CAUSAL)
-            if HAS_DOCS:
-                doc_q = tl.load(doc_ptr + b * stride_docb + (offs_m + Tk - Tq) * stride_docn, mask=row_ok, other=0)
-                keep = keep & (doc_q[None, :] == doc_k[:, None])
+            doc_q = load_doc_ids(doc_base, offs_m + Tk - Tq, row_ok, stride_docn, HAS_DOCS)
+            keep = keep_mask(offs_m[None, :], offs_n[:, None], doc_q[None, :], doc_k[:, None], Tq, Tk,
+                             IS_CAUSAL, HAS_DOCS)
             # An empty row has lse2 = +inf, so exp2 gives 0 there rather than NaN.
             p_t = tl.where(keep, tl.math.exp2(s_t - lse[None, :]), 0.0)
             # 4. dV += Pᵀ dO
@@ -138,7 +111,7 @@ def _attention_bwd_dkdv_kernel(
     tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None])
 
 
-@triton.autotune(configs=_configs([(128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)]),
+@triton.autotune(configs=autotune_configs([(128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)]),
                  key=["HEAD_DIM", "IS_CAUSAL", "HAS_DOCS", "t_bucket"])
 @triton.jit
 def _attention_bwd_dq_kernel(
@@ -167,35 +140,27 @@ def _attention_bwd_dq_kernel(
     row_ok = offs_m < Tq
 
     # 1. This program's query block with its dO, lse2 and Δ.
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None], other=0.0)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0)
+    q = load_tile(q_ptr + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qm, stride_qd, row_ok, False)
+    do = load_tile(do_ptr + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dom, stride_dod, row_ok, False)
     lse = tl.load(lse_ptr + pid_bh * Tq + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(delta_ptr + pid_bh * Tq + offs_m, mask=row_ok, other=0.0)
-    if HAS_DOCS:
-        doc_q = tl.load(doc_ptr + b * stride_docb + (offs_m + Tk - Tq) * stride_docn, mask=row_ok, other=0)
+    doc_base = doc_ptr + b * stride_docb
+    doc_q = load_doc_ids(doc_base, offs_m + Tk - Tq, row_ok, stride_docn, HAS_DOCS)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    hi = Tk
-    if IS_CAUSAL:  # keys after the block's last query position are invisible to the whole block
-        hi = tl.minimum(Tk, (pid_m + 1) * BLOCK_M + Tk - Tq)
     # 2. Every key block this query block can see.
-    for start_n in range(0, hi, BLOCK_N):
+    for start_n in range(0, causal_key_end(pid_m, Tq, Tk, BLOCK_M, IS_CAUSAL), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < Tk
-        k_t = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                      mask=col_ok[None, :], other=0.0)  # (D, BLOCK_N)
-        v_t = tl.load(v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
-                      mask=col_ok[None, :], other=0.0)
+        k_t = load_tile(k_base, offs_n, offs_d, stride_kn, stride_kd, col_ok, True)  # (D, BLOCK_N)
+        v_t = load_tile(v_base, offs_n, offs_d, stride_vn, stride_vd, col_ok, True)
         # 3. P = exp2(S·log2 e − lse2) on the visible entries, 0 elsewhere.
         s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-        keep = _keep(offs_m[:, None], offs_n[None, :], Tq, Tk, IS_CAUSAL)
-        if HAS_DOCS:
-            doc_k = tl.load(doc_ptr + b * stride_docb + offs_n * stride_docn, mask=col_ok, other=0)
-            keep = keep & (doc_q[:, None] == doc_k[None, :])
+        doc_k = load_doc_ids(doc_base, offs_n, col_ok, stride_docn, HAS_DOCS)
+        keep = keep_mask(offs_m[:, None], offs_n[None, :], doc_q[:, None], doc_k[None, :], Tq, Tk,
+                         IS_CAUSAL, HAS_DOCS)
         p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
         # 4. dP = dO Vᵀ;  dS = P∘(dP − Δ);  dQ += dS K
         dp = tl.dot(do, v_t, input_precision=DOT_PRECISION)

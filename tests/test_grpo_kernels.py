@@ -14,22 +14,10 @@ from kernels.grpo import (
     linear_grpo_loss,
 )
 from kernels.logprobs import linear_token_logprobs, token_logprobs, token_logprobs_reference
+from tests.helpers import assert_close
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2)}  # (atol, rtol): loss, stats, gradients
-
-
-def assert_close(actual, expected, atol, rtol, name):
-    actual, expected = actual.detach().float().cpu(), expected.detach().float().cpu()
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    diff = (actual - expected).abs()
-    bad = ~(diff <= atol + rtol * expected.abs())  # NaN counts as bad
-    if bad.any():
-        where = bad.nonzero()[0].tolist() if bad.dim() else []
-        worst = diff.nan_to_num(float("inf")).max().item()
-        raise AssertionError(f"{name}: {bad.sum().item()} of {bad.numel()} elements differ (first at {where}: "
-                             f"{actual[tuple(where)].item():.6g} vs {expected[tuple(where)].item():.6g}); "
-                             f"max |diff| {worst:.3g} > atol {atol} + rtol {rtol}·|expected|")
 
 
 def assert_stats_close(got, want, name):
@@ -302,14 +290,20 @@ def test_ref_none_and_checks():
 # ------------------------------------------------------------------------------------------------------------
 # Fused with the LM head
 # ------------------------------------------------------------------------------------------------------------
+def _lm_head_inputs(N, V, d, seed, device="cpu"):
+    """A seeded generator and hidden (N, d), weight (V, d) / √d, target (N,); draw further inputs from gen."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    hidden = torch.randn(N, d, device=device, generator=gen)
+    weight = torch.randn(V, d, device=device, generator=gen) / d ** 0.5
+    target = torch.randint(0, V, (N,), device=device, generator=gen)
+    return gen, hidden, weight, target
+
+
 @pytest.mark.parametrize("chunk", [None, 5])
 @pytest.mark.parametrize("beta", [0.0, 0.05])
 def test_linear_grpo_loss_equals_logits_path(chunk, beta):
-    gen = torch.Generator().manual_seed(11)
     N, V, d = 23, 70, 16
-    hidden = torch.randn(N, d, generator=gen)
-    weight = torch.randn(V, d, generator=gen) / d ** 0.5
-    target = torch.randint(0, V, (N,), generator=gen)
+    gen, hidden, weight, target = _lm_head_inputs(N, V, d, seed=11)
     with torch.no_grad():
         logp = token_logprobs_reference(hidden @ weight.t(), target, temperature=0.9)
     old = logp + 0.3 * torch.randn(N, generator=gen)
@@ -338,11 +332,8 @@ def test_linear_grpo_loss_equals_logits_path(chunk, beta):
 def test_first_pass_ratio_is_exactly_one(backend):
     """Rollout scoring (no grad) and the training pass compute logp bitwise alike: with old = ref = scored
     logp, eps 0 and A = ±1, any ratio ≠ 1 would be clipped (counted), change the loss, or give kl ≠ 0."""
-    gen = torch.Generator().manual_seed(12)
     N, V, d = 19, 90, 16
-    hidden = torch.randn(N, d, generator=gen)
-    weight = torch.randn(V, d, generator=gen) / d ** 0.5
-    target = torch.randint(0, V, (N,), generator=gen)
+    _, hidden, weight, target = _lm_head_inputs(N, V, d, seed=12)
     with torch.no_grad():
         scored = linear_token_logprobs(hidden, weight, target, temperature=0.7, backend=backend)
     adv = torch.tensor([1.0, -1.0] * 9 + [1.0])
@@ -362,10 +353,7 @@ def test_first_pass_ratio_is_exactly_one(backend):
 # GPU: full shapes, bf16 three ways, memory
 # ------------------------------------------------------------------------------------------------------------
 def _gpu_problem(N, V, d, seed=0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    h32 = torch.randn(N, d, device="cuda", generator=gen)
-    w32 = torch.randn(V, d, device="cuda", generator=gen) / d ** 0.5
-    target = torch.randint(0, V, (N,), device="cuda", generator=gen)
+    gen, h32, w32, target = _lm_head_inputs(N, V, d, seed, device="cuda")
     with torch.no_grad():
         logp = linear_token_logprobs(h32.bfloat16(), w32.bfloat16(), target)
     old = logp + 0.2 * torch.randn(N, device="cuda", generator=gen)

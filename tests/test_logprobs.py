@@ -7,23 +7,11 @@ import pytest
 import torch
 
 from kernels.logprobs import linear_token_logprobs, token_logprobs, token_logprobs_reference
+from tests.helpers import assert_close
 
 # (atol, rtol) per input dtype for the kernel against the fp32 reference on the same inputs
 TOL = {torch.float32: (2e-5, 1e-5), torch.float16: (1e-3, 1e-3), torch.bfloat16: (1e-3, 1e-3)}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-def assert_close(actual, expected, atol, rtol, name):
-    actual, expected = actual.detach().float().cpu(), expected.detach().float().cpu()
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    diff = (actual - expected).abs()
-    bad = ~(diff <= atol + rtol * expected.abs())  # NaN counts as bad
-    if bad.any():
-        where = bad.nonzero()[0].tolist()
-        worst = diff.nan_to_num(float("inf")).max().item()
-        raise AssertionError(f"{name}: {bad.sum().item()} of {bad.numel()} elements differ (first at {where}: "
-                             f"{actual[tuple(where)].item():.6g} vs {expected[tuple(where)].item():.6g}); "
-                             f"max |diff| {worst:.3g} > atol {atol} + rtol {rtol}·|expected|")
 
 
 def torch_logprobs(logits, target, temperature=1.0):

@@ -15,7 +15,9 @@ import time
 
 STANDARD = {"kind", "phase", "step", "lr", "ms", "tokens", "tok_s", "mfu", "loss"}  # fields every line has
 QUIET = {"rollout_s", "rollout_tok_s"}  # in metrics.jsonl, not on the console
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, per GPU
+# Dense bf16 tensor-core peak per GPU (datasheet, no sparsity), matched against the device name in order, so
+# the more specific names come first. bench/ uses the same table.
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def fmt_time(s: float) -> str:

@@ -45,7 +45,7 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in PEAK_FLOPS.items():
-            if key in name:
+            if key.lower() in name.lower():
                 return flops, f"{key} datasheet bf16"
     a = torch.randn(1024, 1024, device=device)
     best = float("inf")

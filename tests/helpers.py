@@ -1,0 +1,16 @@
+"""Helpers shared by the kernel test files."""
+
+
+def assert_close(actual, expected, atol, rtol, name):
+    """|actual − expected| <= atol + rtol·|expected| everywhere (NaN fails), compared in fp32 on the CPU; the
+    message says how many elements differ, the first one and its values, and the largest difference."""
+    actual, expected = actual.detach().float().cpu(), expected.detach().float().cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff = (actual - expected).abs()
+    bad = ~(diff <= atol + rtol * expected.abs())  # NaN counts as bad
+    if bad.any():
+        where = bad.nonzero()[0].tolist() if bad.dim() else []
+        worst = diff.nan_to_num(float("inf")).max().item()
+        raise AssertionError(f"{name}: {bad.sum().item()} of {bad.numel()} elements differ (first at {where}: "
+                             f"{actual[tuple(where)].item():.6g} vs {expected[tuple(where)].item():.6g}); "
+                             f"max |diff| {worst:.3g} > atol {atol} + rtol {rtol}·|expected|")
