@@ -101,6 +101,7 @@ class RunConfig:
     tokenizer: str = "bpe"  # "bpe" (trained on the run's text), "gpt2" (tiktoken, downloads once), or a tokenizer.json
     vocab_size: int = 512  # BPE vocabulary size when tokenizer=bpe
     log_every: int = 10  # console/metrics line every N steps
+    eval_rows: int = 32  # rows of each held-out loss set (pretraining text, SFT conversations)
     ckpt_every: int = 0  # checkpoint every N steps (0: at the end of every phase only)
     wandb: bool = False  # log to Weights & Biases (WANDB_MODE=offline works without network)
     threads: int = 0  # torch CPU threads (0: torch's default)

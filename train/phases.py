@@ -20,9 +20,6 @@ from train.rl import RolloutSource
 from train.tasks import ArithmeticTask, get_reward
 from train.tokenizer import Tokenizer
 
-EVAL_ROWS = 32  # validation rows per pretraining held-out set
-
-
 @dataclass
 class Context:
     """What building phases needs from the run."""
@@ -62,7 +59,7 @@ def make_sources(p: PhaseConfig, ctx: Context):
     token_bytes = torch.tensor(tok.token_bytes() + [0] * (ctx.cfg.model.vocab_size - tok.n_vocab))
 
     def loss_eval(source):
-        held_out = source.eval_batches(EVAL_ROWS, p.micro_batch_size)
+        held_out = source.eval_batches(ctx.cfg.eval_rows, p.micro_batch_size)
         return {p.name: lambda model: eval_loss(model, held_out, token_bytes)}
 
     if p.objective == "pretrain":
