@@ -106,9 +106,29 @@ def test_user_text_file_trains(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 400)
     out = str(tmp_path / "run")
-    run(apply_overrides(load_preset("smoke"), FAST | {"out": out, "pretrain.data": str(text)}))
+    run(apply_overrides(load_preset("smoke"), FAST | {"out": out, "pretrain.data": str(text), "grpo.eval_every": "2"}))
     assert os.listdir(os.path.join(out, "data"))  # the memory-mapped token shard
     assert metrics(out)[-1]["step"] == 12
+
+
+def test_user_sft_and_rl_files_train(tmp_path):
+    sft, rl = tmp_path / "sft.jsonl", tmp_path / "rl.jsonl"
+    sft.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Say {i}"}, {"role": "assistant", "content": str(i)}]})
+        + "\n" + json.dumps({"prompt": f"Twice {i}?", "response": str(2 * i)}) + "\n" for i in range(20)))
+    rl.write_text("".join(json.dumps({"prompt": f"Say {i}", "answer": i}) + "\n" for i in range(20)))
+    out = str(tmp_path / "run")
+    summary = run(apply_overrides(load_preset("smoke"), FAST | {
+        "out": out, "sft.data": str(sft), "grpo.data": str(rl), "grpo.reward": "exact"}))
+    final = summary["phases"][-1]["eval"]
+    assert {"sft/loss", "grpo/accuracy"} <= set(final)  # held-out lines of the user's files
+
+
+def test_malformed_sft_line_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "sft.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"messages": [{"role": "robot", "content": "x"}]}\n')
+    err = error_line(capsys, ["--preset=smoke", f"--out={tmp_path / 'r'}", f"--sft.data={bad}"])
+    assert f"{bad}:2: expected" in err
 
 
 def test_help_lists_options(capsys):

@@ -162,7 +162,7 @@ class Trainer:
                 self.save()
             else:
                 if phase.cfg.eval_every and i % phase.cfg.eval_every == 0:
-                    self.evaluate([phase.cfg.name, "task"], phase.cfg.name, log)
+                    self.evaluate([n for n in (phase.cfg.name, "task") if n in self.evaluators], phase.cfg.name, log)
                 if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
                     self.save()
         return {"out": self.out_dir, "seconds": time.time() - started, "phases": self.phase_results}
