@@ -124,6 +124,15 @@ def test_user_sft_and_rl_files_train(tmp_path):
     assert {"sft/loss", "grpo/accuracy"} <= set(final)  # held-out lines of the user's files
 
 
+def test_a_phase_can_mix_objectives(tmp_path):
+    out = str(tmp_path / "run")
+    run(apply_overrides(load_preset("smoke"), FAST | {"out": out, "grpo.aux": "sft=0.5", "sft.aux": "pretrain=0.1"}))
+    by_phase = {r["phase"]: r for r in metrics(out) if r["kind"] == "train"}
+    assert "reward" in by_phase["grpo"] and "sft_loss" in by_phase["grpo"] and "pretrain_loss" in by_phase["sft"]
+    with pytest.raises(ValueError, match="aux entry 'dpo=1' must be objective=weight"):
+        apply_overrides(load_preset("smoke"), {"grpo.aux": "dpo=1"})
+
+
 def test_malformed_sft_line_is_a_one_line_error(tmp_path, capsys):
     bad = tmp_path / "sft.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"messages": [{"role": "robot", "content": "x"}]}\n')

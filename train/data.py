@@ -16,6 +16,7 @@ Positions are integers, so resuming needs only `state_dict()`:
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -41,9 +42,11 @@ class Batch:
     targets: torch.Tensor  # (B, T) int64 next-token targets, IGNORE where unsupervised
     doc_ids: torch.Tensor  # (B, T) int32 document id of each position
     normaliser: float = 1.0  # supervised tokens in the whole optimiser step (all micro-batches)
+    component: int = 0  # which objective of a mixed phase this micro-batch feeds (train/mix.py)
 
     def to(self, device) -> Batch:
-        return Batch(self.idx.to(device), self.targets.to(device), self.doc_ids.to(device), self.normaliser)
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
 
     @property
     def n_tokens(self) -> int:

@@ -6,7 +6,8 @@ tokenizer, so runs with different vocabularies compare.
 
 Task accuracy: greedy decoding (temperature 0) of each held-out prompt, scored by the task's reward
 (exact match of the parsed answer); pass@k: k samples per prompt at temperature 1, the fraction of prompts
-with at least one correct sample.
+with at least one correct sample; sampled: the mean reward of those samples (accuracy of one sample at
+temperature 1, the quantity GRPO optimises).
 """
 from __future__ import annotations
 
@@ -80,4 +81,5 @@ def task_accuracy(
         gen = torch.Generator(device=device).manual_seed(seed)
         sampled = score(1.0, pass_k, gen)
         result[f"pass@{pass_k}"] = sum(max(r) > 0 for r in sampled) / len(problems)
+        result["sampled"] = sum(sum(r) for r in sampled) / (pass_k * len(problems))  # accuracy of one T=1 sample
     return result

@@ -4,6 +4,7 @@ This is the one place that knows which objective goes with which data; the loop 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from train.config import PhaseConfig, RunConfig
 from train.data import (TokenStream, conversations, embedded_pretraining, parse_conversation, parse_prompt,
                         read_documents, read_jsonl, split_held_out)
 from train.evaluate import eval_loss, task_accuracy
+from train.mix import MixedObjective, MixedSource, parse_aux
 from train.objectives import make_objective
 from train.rl import RolloutSource
 from train.tasks import ArithmeticTask, get_reward
@@ -90,7 +92,14 @@ def build_phases(ctx: Context) -> list[Phase]:
     phases, start = [], 0
     for p in ctx.cfg.phases:
         source, evals = make_sources(p, ctx)
-        phases.append(Phase(p, start, source, make_objective(p), evals))
+        objective = make_objective(p)
+        aux = parse_aux(p.aux, ("pretrain", "sft", "grpo"))
+        if aux:  # extra objectives on their embedded data; their held-out sets belong to their own phases
+            subs = [dataclasses.replace(p, objective=name, data="embedded", aux="") for name, _ in aux]
+            source = MixedSource([source] + [make_sources(q, ctx)[0] for q in subs])
+            objective = MixedObjective([(p.objective, 1.0, objective)] +
+                                       [(name, w, make_objective(q)) for (name, w), q in zip(aux, subs)])
+        phases.append(Phase(p, start, source, objective, evals))
         start += p.steps
     return phases
 

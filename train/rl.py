@@ -41,12 +41,6 @@ class RolloutBatch(Batch):
     weights: torch.Tensor | None = None  # (B, T) fp32 aggregation weights (sum over the step = the loss)
     info: dict = field(default_factory=dict)  # rollout metrics, carried by the first micro-batch only
 
-    def to(self, device) -> RolloutBatch:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return RolloutBatch(move(self.idx), move(self.targets), move(self.doc_ids), self.normaliser,
-                            move(self.old_logp), move(self.ref_logp), move(self.advantages), move(self.weights),
-                            self.info)
-
 
 def completion_logprobs(model: GPT, batch: Batch, temperature: float) -> torch.Tensor:
     """log p(completion token) at every supervised position of `batch`, 0 elsewhere: (B, T) fp32."""
@@ -127,8 +121,8 @@ class RolloutSource:
         batches = []
         for s in range(0, len(prompts), micro_rows):
             sl = slice(s, s + micro_rows)
-            b = RolloutBatch(idx[sl], targets[sl], torch.zeros_like(idx[sl], dtype=torch.int32), float(n_tokens),
-                             advantages=token_adv[sl], weights=weights[sl]).to(device)
+            b = RolloutBatch(idx[sl], targets[sl], torch.zeros_like(idx[sl], dtype=torch.int32),
+                             normaliser=float(n_tokens), advantages=token_adv[sl], weights=weights[sl]).to(device)
             b.old_logp = completion_logprobs(model, b, p.temperature)
             if self.ref is not None:
                 b.ref_logp = completion_logprobs(self.ref, b, p.temperature)

@@ -1,0 +1,60 @@
+"""Phases that optimise several objectives at once: loss = Σ_i w_i · loss_i, each on its own data.
+
+A phase names its main objective and, in `aux`, extra ones with weights (`--grpo.aux=sft=0.5` keeps the SFT
+loss alongside RL; `--sft.aux=pretrain=0.1` keeps some next-token loss on plain text). Every component
+draws a full step of its own data (the phase's batch sizes) and normalises by its own step-wide count, so
+each weight means what it says; the loop sees one source and one objective as usual.
+"""
+from __future__ import annotations
+
+from train.config import ConfigError
+
+
+def parse_aux(aux: str, allowed: tuple[str, ...]) -> list[tuple[str, float]]:
+    out = []
+    for part in filter(None, (x.strip() for x in aux.split(","))):
+        name, _, w = part.partition("=")
+        try:
+            weight = float(w)
+        except ValueError:
+            weight = -1.0
+        if name not in allowed or not weight > 0:
+            raise ConfigError(f"aux entry {part!r} must be objective=weight with an objective in {allowed} "
+                              f"and a weight > 0, e.g. sft=0.5")
+        out.append((name, weight))
+    return out
+
+
+class MixedSource:
+    """Draws one step from every component's source; each micro-batch remembers which component it is."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+
+    def next_step(self, rows: int, micro_rows: int, model=None) -> list:
+        out = []
+        for i, source in enumerate(self.sources):
+            for b in source.next_step(rows, micro_rows, model):
+                b.component = i
+                out.append(b)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"sources": [s.state_dict() for s in self.sources]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for s, st in zip(self.sources, state["sources"]):
+            s.load_state_dict(st)
+
+
+class MixedObjective:
+    """Routes each micro-batch to its component's objective and weighs its loss; aux metrics get a prefix."""
+
+    def __init__(self, parts: list[tuple[str, float, object]]):
+        self.parts = parts  # (name, weight, objective), the phase's main objective first with weight 1
+
+    def __call__(self, model, batch):
+        name, weight, objective = self.parts[batch.component]
+        loss, metrics = objective(model, batch)
+        prefix = "" if batch.component == 0 else f"{name}_"
+        return weight * loss, {prefix + k: v for k, v in metrics.items()}
