@@ -4,7 +4,8 @@ Files in the run folder:
     metrics.jsonl   one JSON object per logged step ({"kind": "train"}) and per evaluation ({"kind": "eval"})
     summary.json    per phase: steps, tokens, wall time, tokens/s, final train loss, and the evaluation after
                     the phase of every held-out set (the phase × metric table)
-    loss.png        training loss per step, phases shaded; eval.png: every eval metric after each phase
+    loss.png        training loss per step and phase (RL phases: their mean reward); eval.png: every held-out
+                    metric after each phase
 """
 from __future__ import annotations
 
@@ -129,13 +130,18 @@ def plot(records: list[dict], summary: dict, out_dir: str) -> None:
     import matplotlib.pyplot as plt
 
     train = [r for r in records if r["kind"] == "train"]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in dict.fromkeys(r["phase"] for r in train):
-        pts = [(r["step"], r["loss"]) for r in train if r["phase"] == name]
-        ax.plot(*zip(*pts), label=name)
-    ax.set(xlabel="step", ylabel="train loss", title="training loss", yscale="log")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    phases = list(dict.fromkeys(r["phase"] for r in train))
+    rl = [p for p in phases if any("reward" in r for r in train if r["phase"] == p)]  # plotted by reward
+    fig, axes = plt.subplots(1, 1 + bool(rl), figsize=(8 + 5 * bool(rl), 4.5), squeeze=False)
+    for name in phases:
+        pts = [(r["step"], r["reward"] if name in rl else r["loss"]) for r in train if r["phase"] == name]
+        axes[0, int(name in rl)].plot(*zip(*pts), label=name)
+    axes[0, 0].set(xlabel="step", ylabel="train loss", title="training loss", yscale="log")
+    if rl:
+        axes[0, 1].set(xlabel="step", ylabel="mean reward of the rollouts", title="RL reward")
+    for ax in axes.flat:
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
     plt.close(fig)
@@ -144,8 +150,12 @@ def plot(records: list[dict], summary: dict, out_dir: str) -> None:
     metrics = sorted({k for r in rows for k in r["eval"]})
     if not metrics:
         return
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
+    cols = min(4, len(metrics))
+    rows_ = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(3.4 * cols, 3.0 * rows_), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, metrics):
         pts = [(r["name"], r["eval"][m]) for r in rows if m in r["eval"]]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
         ax.set_title(m, fontsize=9)
