@@ -32,7 +32,7 @@ KERNELS = ("auto", "triton", "reference", "sdpa")
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 512  # ids the embedding and head cover (the tokenizer's size rounded up to 64)
+    vocab_size: int = 512  # ids the embedding and head cover (a run sets it: the tokenizer's size rounded up to 64)
     seq_len: int = 256  # longest sequence the model is trained on; RoPE tables cover it
     n_layer: int = 4  # transformer blocks
     n_head: int = 4  # query heads

@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_preset(preset)
         if want_help:
             print(USAGE.format(presets=", ".join(PRESETS), preset=preset))
-            for key, value, help_ in all_keys(cfg):
-                print(f"  --{key}={value!s:<28} {help_}")
+            rows = [(f"--{key}={value}", help_) for key, value, help_ in all_keys(cfg)]
+            width = max(len(r[0]) for r in rows) + 2
+            for option, help_ in rows:
+                print(f"  {option:<{width}}{help_}")
             return 0
         if resume and (overrides or preset != "default"):
             raise ConfigError(f"--resume continues a run exactly as configured; drop {sorted(overrides) or ['--preset']}")

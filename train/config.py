@@ -99,7 +99,7 @@ class PhaseConfig:
 class RunConfig:
     preset: str = "default"  # the preset these values started from
     seed: int = 0  # seeds the model init, the data order and sampling
-    out: str = ""  # run folder (default: runs/<preset>-<seed>-<time>)
+    out: str = ""  # run folder (default: runs/<preset>-s<seed>-<time>)
     device: str = choice("auto", ("auto", "cpu", "cuda"), "where to train")
     dtype: str = choice("auto", ("auto", "fp32", "bf16"), "autocast dtype: auto = bf16 on CUDA, fp32 on CPU")
     tokenizer: str = "bpe"  # "bpe" (trained on the run's text), "gpt2" (tiktoken, downloads once), or a tokenizer.json
