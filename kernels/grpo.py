@@ -59,7 +59,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels._dispatch import use_triton
-from kernels.linear_cross_entropy import _addmm_fp32_, default_chunk_size
+from kernels._head import addmm_fp32_, default_chunk_size
 from kernels.logprobs import autocast_inputs, token_logprobs_bwd, token_logprobs_fwd, token_logprobs_reference
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
@@ -301,7 +301,7 @@ def linear_grpo_fwd(hidden, weight, target, old_logp, ref_logp, advantages, weig
             if need_hidden:
                 torch.mm(dlogits, weight, out=dhidden[n0:n1])              # (c, d)
             if need_weight:
-                _addmm_fp32_(dweight, dlogits.t(), hidden[n0:n1])          # (V, d) += dlogits_cᵀ hidden_c
+                addmm_fp32_(dweight, dlogits.t(), hidden[n0:n1])          # (V, d) += dlogits_cᵀ hidden_c
     return sums[0], sums, dhidden, None if dweight is None else dweight.to(weight.dtype)
 
 

@@ -29,11 +29,10 @@ its dtype differs (e.g. an fp32 master weight under autocast). The chunk logits 
 dtype, as a plain bf16 LM head would store them; softmax math is fp32 in the kernel; dx is rounded to the
 compute dtype before the two gradient matmuls. dh and dW come back in hidden's and weight's own dtypes.
 """
-import functools
-
 import torch
 
 from kernels._dispatch import use_triton
+from kernels._head import addmm_fp32_, default_chunk_size
 from kernels.cross_entropy import REDUCTIONS, _mean_scale, cross_entropy_bwd, cross_entropy_fwd, \
     cross_entropy_reference
 
@@ -68,42 +67,9 @@ def _check_args(hidden, weight, target, reduction, chunk_size, softcap):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Chunk helpers (the per-chunk work is the cross-entropy kernel of kernels/cross_entropy.py)
+# Chunk helpers (the chunk rule and fp32 dW accumulation are in kernels/_head.py; the per-chunk work is the
+# cross-entropy kernel of kernels/cross_entropy.py)
 # ----------------------------------------------------------------------------------------------------------
-def default_chunk_size(N: int, V: int, dtype: torch.dtype) -> int:
-    """Tokens per chunk: a (C, V) logits buffer of at most 512 MiB, C a multiple of 256 in [256, 8192].
-    Large C keeps the dW update (K = C) efficient: its fp32 read-modify-write of dW is amortised over C."""
-    budget = (512 * 2**20) // (V * torch.finfo(dtype).bits // 8)
-    return max(1, min(N, max(256, min(8192, budget // 256 * 256))))
-
-
-@functools.cache
-def _fp32_out_addmm_works(device: torch.device) -> bool:
-    """Whether torch.addmm(acc, a, b, out_dtype=fp32, out=acc) accumulates fp16/bf16 products into an fp32
-    tensor in place on this device (a cuBLAS feature of recent PyTorch); probed once, checked numerically."""
-    try:
-        # small integers over 4: exact in bf16 and in every fp32 partial sum (and no RNG state consumed)
-        a = ((torch.arange(64 * 32, device=device) % 7 - 3) / 4).reshape(64, 32).to(torch.bfloat16)
-        b = ((torch.arange(32 * 48, device=device) % 5 - 2) / 4).reshape(32, 48).to(torch.bfloat16)
-        acc = torch.ones(64, 48, device=device)
-        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-        want = 1.0 + a.float() @ b.float()
-        return bool(torch.equal(acc, want))
-    except (RuntimeError, TypeError, NotImplementedError):
-        return False
-
-
-def _addmm_fp32_(acc, a, b):
-    """acc (fp32) += a @ b, with a and b in the compute dtype and fp32 accumulation."""
-    if a.dtype == torch.float32:
-        acc.addmm_(a, b)
-    elif acc.is_cuda and _fp32_out_addmm_works(acc.device):
-        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-    else:
-        # fallback: the chunk's product is rounded to the compute dtype once before the fp32 sum
-        acc.add_(torch.mm(a, b))
-
-
 def _chunks(N: int, C: int):
     return ((s, min(s + C, N)) for s in range(0, N, C))
 
@@ -139,7 +105,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if dh is not None:
                     torch.mm(x, w, out=dh[s:e])                    # (c, d) dx_c W
                 if dw is not None:
-                    _addmm_fp32_(dw, x.t(), h[s:e])                # (V, d) += dx_cᵀ h_c
+                    addmm_fp32_(dw, x.t(), h[s:e])                # (V, d) += dx_cᵀ h_c
             del buf
         ctx.mode = None
         if grads_now:
@@ -186,7 +152,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if dh is not None:
                     torch.mm(x, w, out=dh[s:e])
                 if dw is not None:
-                    _addmm_fp32_(dw, x.t(), h[s:e])
+                    addmm_fp32_(dw, x.t(), h[s:e])
         dh = None if dh is None else dh.to(h_dtype)
         dw = None if dw is None else dw.to(w_dtype)
         return dh, dw, None, None, None, None, None, None, None, None

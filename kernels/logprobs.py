@@ -40,7 +40,7 @@ import triton.language as tl
 
 from kernels._dispatch import use_triton
 # the fused cross-entropy's chunking rule and fp32 ∂W accumulation, so both heads run the same scheme
-from kernels.linear_cross_entropy import _addmm_fp32_, default_chunk_size
+from kernels._head import addmm_fp32_, default_chunk_size
 from kernels._lse import (
     LOG2E, lse_finalize, lse_init, lse_update, load_logit, load_logits_block, softmax_block, transform_grad,
 )
@@ -274,7 +274,7 @@ def linear_token_logprobs_bwd(hidden, weight, target, lse, dlogp, temperature=1.
         if need_hidden:
             torch.mm(dlogits, weight, out=dhidden[n0:n1])                  # (c, d)
         if need_weight:
-            _addmm_fp32_(dweight, dlogits.t(), hidden[n0:n1])              # (V, d) += dlogits_cᵀ hidden_c
+            addmm_fp32_(dweight, dlogits.t(), hidden[n0:n1])              # (V, d) += dlogits_cᵀ hidden_c
     return dhidden, None if dweight is None else dweight.to(weight.dtype)
 
 
