@@ -38,22 +38,13 @@ import torch
 import triton
 
 from bench.check import IMPL_PARAMS
-from train.report import PEAK_FLOPS
+from train.report import gpu_peak_flops
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 TIMING_MEANINGFUL = CUDA
 ROUNDS, WARMUP = (10, 3) if CUDA else (1, 0)  # timed rounds and untimed warm-up rounds per benchmark
 REPO = Path(__file__).resolve().parent.parent
-
-
-
-def peak_flops(device_name: str) -> float | None:
-    """Datasheet bf16 peak FLOP/s for a GPU name such as "NVIDIA H100 80GB HBM3"; None when unknown."""
-    for key, flops in PEAK_FLOPS.items():
-        if key.lower() in device_name.lower():
-            return flops
-    return None
 
 
 def device_name() -> str:
@@ -83,7 +74,7 @@ def provenance() -> dict:
     return {
         "device": name,
         "gpu": gpu_slug(),
-        "peak_flops": peak_flops(name) if CUDA else None,
+        "peak_flops": gpu_peak_flops(name) if CUDA else None,
         "commit": _git("rev-parse", "--short=12", "HEAD") or "unknown",
         "dirty": bool(dirty) if dirty is not None else None,
         "torch": torch.__version__,
@@ -188,7 +179,7 @@ def measure(benchmark, step, *, suite: str, impl: str, shape: str, setup=None, r
         row["GB/s"] = round(nbytes / seconds / 1e9, 1)
     if tokens is not None:
         row["tokens/s"] = round(tokens / seconds, 1)
-        peak = peak_flops(device_name())
+        peak = gpu_peak_flops(device_name())
         if flops_per_token is not None and peak:
             row["MFU"] = round(flops_per_token * tokens / seconds / peak, 4)
     return seconds

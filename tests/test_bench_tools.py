@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from bench import check, report
-from bench.common import gpu_slug, peak_flops
+from bench.common import gpu_slug
+from train.report import gpu_peak_flops
 
 REPO = Path(__file__).resolve().parent.parent
 PROV = {"device": "NVIDIA H100 80GB HBM3", "commit": "abc123", "torch": "2.x", "triton": "3.x",
@@ -219,7 +220,7 @@ def test_report_of_a_cpu_run_makes_no_claims(tmp_path):
     ("NVIDIA GeForce RTX 4090", None, "geforce-rtx-4090"),
 ])
 def test_peak_flops_and_gpu_slug(name, flops, slug):
-    assert peak_flops(name) == flops
+    assert gpu_peak_flops(name) == flops
     assert gpu_slug(name) == slug
 
 

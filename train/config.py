@@ -21,8 +21,27 @@ class ConfigError(ValueError):
     """A bad key or value in the run configuration (printed as one line by the CLI)."""
 
 
+OBJECTIVES = ("pretrain", "sft", "grpo")  # what a phase can optimise (train/phases.py builds each)
+
+
 def choice(default, choices: tuple, help_: str = ""):
     return field(default=default, metadata={"choices": choices, "help": help_})
+
+
+def parse_aux(aux: str) -> list[tuple[str, float]]:
+    """`"sft=0.5,pretrain=0.1"` -> [("sft", 0.5), ("pretrain", 0.1)]; ConfigError on anything else."""
+    out = []
+    for part in filter(None, (x.strip() for x in aux.split(","))):
+        name, _, w = part.partition("=")
+        try:
+            weight = float(w)
+        except ValueError:
+            weight = -1.0
+        if name not in OBJECTIVES or not weight > 0:
+            raise ConfigError(f"aux entry {part!r} must be objective=weight with an objective in {OBJECTIVES} "
+                              f"and a weight > 0, e.g. sft=0.5")
+        out.append((name, weight))
+    return out
 
 
 @dataclass
@@ -51,7 +70,7 @@ class TaskConfig:
 @dataclass
 class PhaseConfig:
     name: str = "pretrain"  # unique; overrides address the phase by it (--<name>.<field>=...)
-    objective: str = choice("pretrain", ("pretrain", "sft", "grpo"), "what the phase optimises")
+    objective: str = choice("pretrain", OBJECTIVES, "what the phase optimises")
     data: str = "embedded"  # "embedded" (generated tasks) or a file: .txt/.jsonl text (pretrain), .jsonl (sft, grpo)
     mix: str = "facts=1,worked=1,chat=1"  # embedded pretraining documents: kind=weight, kinds facts/worked/chat
     steps: int = 100  # optimiser steps in this phase
@@ -81,9 +100,7 @@ class PhaseConfig:
     def __post_init__(self):
         _positive(self, "steps", "batch_size", "micro_batch_size", "group_size", "max_new_tokens", "mu")
         _nonnegative(self, "temperature", "top_k", "eps_low", "eps_high", "beta", "std_floor")
-        from train.mix import parse_aux
-
-        parse_aux(self.aux, ("pretrain", "sft", "grpo"))
+        parse_aux(self.aux)
         _nonnegative(self, "warmup_steps", "eval_every", "lr_scale", "min_lr_ratio")
         if self.objective == "grpo" and self.batch_size % self.group_size:
             raise ConfigError(f"{self.name}.batch_size={self.batch_size} (completions per step) must be a "

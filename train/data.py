@@ -186,15 +186,11 @@ def read_documents(path: str) -> list[str]:
     ext = os.path.splitext(path)[1]
     if ext not in (".txt", ".jsonl"):
         raise DataError(f"{path}: unsupported extension {ext!r}; pretraining data is .txt or .jsonl")
-    with open(path, encoding="utf-8") as f:
-        if ext == ".txt":
+    if ext == ".txt":
+        with open(path, encoding="utf-8") as f:
             docs = [f.read()]
-        else:
-            docs = []
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                docs.append(_jsonl_field(path, n, line, "text"))
+    else:
+        docs = read_jsonl(path, parse_text)
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise DataError(f"{path} is empty: no text to train on")
@@ -233,6 +229,13 @@ def parse_conversation(obj, where: str) -> list[dict]:
     return msgs
 
 
+def parse_text(obj, where: str) -> str:
+    """{"text": str} for pretraining."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        raise DataError(f'{where}: expected an object with a string "text" field')
+    return obj["text"]
+
+
 def parse_prompt(obj, where: str) -> tuple[list[dict], str]:
     """{"prompt": str, "answer": str or number} for RL."""
     if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or "answer" not in obj:
@@ -245,13 +248,6 @@ def _json_line(path: str, lineno: int, line: str):
         return json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-
-
-def _jsonl_field(path: str, lineno: int, line: str, key: str):
-    obj = _json_line(path, lineno, line)
-    if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
-        raise DataError(f'{path}:{lineno}: expected an object with a string "{key}" field')
-    return obj[key]
 
 
 class TokenStream:

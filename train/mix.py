@@ -7,23 +7,6 @@ each weight means what it says; the loop sees one source and one objective as us
 """
 from __future__ import annotations
 
-from train.config import ConfigError
-
-
-def parse_aux(aux: str, allowed: tuple[str, ...]) -> list[tuple[str, float]]:
-    out = []
-    for part in filter(None, (x.strip() for x in aux.split(","))):
-        name, _, w = part.partition("=")
-        try:
-            weight = float(w)
-        except ValueError:
-            weight = -1.0
-        if name not in allowed or not weight > 0:
-            raise ConfigError(f"aux entry {part!r} must be objective=weight with an objective in {allowed} "
-                              f"and a weight > 0, e.g. sft=0.5")
-        out.append((name, weight))
-    return out
-
 
 class MixedSource:
     """Draws one step from every component's source; each micro-batch remembers which component it is."""

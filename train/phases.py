@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import torch
 
 from model.gpt import GPT
-from train.config import PhaseConfig, RunConfig
+from train.config import PhaseConfig, RunConfig, parse_aux
 from train.data import (TokenStream, conversations, embedded_pretraining, parse_conversation, parse_prompt,
                         read_documents, read_jsonl, split_held_out)
 from train.evaluate import eval_loss, task_accuracy
-from train.mix import MixedObjective, MixedSource, parse_aux
+from train.mix import MixedObjective, MixedSource
 from train.objectives import make_objective
 from train.rl import RolloutSource
 from train.tasks import ArithmeticTask, get_reward
@@ -93,7 +93,7 @@ def build_phases(ctx: Context) -> list[Phase]:
     for p in ctx.cfg.phases:
         source, evals = make_sources(p, ctx)
         objective = make_objective(p)
-        aux = parse_aux(p.aux, ("pretrain", "sft", "grpo"))
+        aux = parse_aux(p.aux)
         if aux:  # extra objectives on their embedded data; their held-out sets belong to their own phases
             subs = [dataclasses.replace(p, objective=name, data="embedded", aux="") for name, _ in aux]
             source = MixedSource([source] + [make_sources(q, ctx)[0] for q in subs])

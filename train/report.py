@@ -21,6 +21,11 @@ QUIET = {"rollout_s", "rollout_tok_s"}  # in metrics.jsonl, not on the console
 PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
+def gpu_peak_flops(device_name: str) -> float | None:
+    """Datasheet bf16 peak FLOP/s for a GPU name such as "NVIDIA H100 80GB HBM3"; None when unknown."""
+    return next((f for key, f in PEAK_FLOPS.items() if key.lower() in device_name.lower()), None)
+
+
 def fmt_time(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -56,9 +56,6 @@ class RolloutSource:
     """Generates, scores and packs GRPO rollouts; reuses each rollout batch for `mu` optimiser steps."""
 
     def __init__(self, p: PhaseConfig, tok: Tokenizer, prompt, reward_fn, count: int | None, seed: int):
-        if p.batch_size % p.group_size:
-            raise ValueError(f"{p.name}.batch_size={p.batch_size} (completions per step) must be a multiple "
-                             f"of {p.name}.group_size={p.group_size}")
         self.p, self.tok, self.prompt, self.reward_fn, self.count = p, tok, prompt, reward_fn, count
         self.seed = seed
         self.cursor = 0  # next prompt index

@@ -18,7 +18,7 @@ from train import checkpoint
 from train.config import ConfigError, RunConfig, from_dict, to_dict
 from train.loop import Trainer
 from train.phases import Context, build_phases, task_eval, tokenizer_corpus
-from train.report import PEAK_FLOPS, RunLog
+from train.report import RunLog, gpu_peak_flops
 from train.tasks import ArithmeticTask
 from train.tokenizer import Tokenizer
 
@@ -42,11 +42,8 @@ def provenance(device: torch.device) -> dict:
 
 def peak_flops(device: torch.device) -> tuple[float, str]:
     """Peak FLOP/s for MFU: the datasheet bf16 figure for known GPUs, else a measured fp32 matmul."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, flops in PEAK_FLOPS.items():
-            if key.lower() in name.lower():
-                return flops, f"{key} datasheet bf16"
+    if device.type == "cuda" and (flops := gpu_peak_flops(torch.cuda.get_device_name(device))):
+        return flops, "datasheet bf16"
     a = torch.randn(1024, 1024, device=device)
     best = float("inf")
     for _ in range(6):  # best of several: the machine's capability, not its momentary load
