@@ -42,6 +42,9 @@ class GPTConfig:
     kernels: str = "auto"  # attention implementation: auto | triton | reference | sdpa
 
     def __post_init__(self):
+        for name in ("vocab_size", "seq_len", "n_layer", "n_head", "n_kv_head", "n_embd", "rope_theta"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be > 0")
         if self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if self.n_head % self.n_kv_head:

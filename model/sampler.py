@@ -37,14 +37,25 @@ class KVCache:
         self.length += n
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator=None) -> torch.Tensor:
-    """One token per row from logits (B, V): greedy at temperature 0, else softmax(logits/T) over the top k."""
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator=None,
+                generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """One token per row from logits (B, V): greedy at temperature 0, else softmax(logits/T) over the top k.
+
+    With `generators` (one per row) each row draws from its own stream by the exponential race: with
+    E_v ~ Exp(1) i.i.d., argmax_v p_v / E_v = argmax_v (logits_v − log E_v) is a sample of p, and row b's
+    noise comes from generators[b] alone, so its tokens do not depend on which other rows share the batch.
+    """
     if temperature == 0.0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if generators is not None:
+        V = logits.size(-1)
+        noise = torch.stack([torch.empty(V, device=logits.device).exponential_(generator=g) for g in generators])
+        # E = 0 would give −log E = +inf, which beats every logit and turns a masked −inf into NaN
+        return (logits - noise.clamp_min(torch.finfo(torch.float32).tiny).log()).argmax(dim=-1)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
@@ -60,10 +71,19 @@ def generate(
     stop_id: int | None = None,
     pad_id: int = 0,
     generator: torch.Generator | None = None,
+    seeds: list[int] | None = None,
 ) -> list[list[int]]:
-    """Complete every prompt; each completion ends at (and includes) `stop_id` or after max_new_tokens."""
+    """Complete every prompt; each completion ends at (and includes) `stop_id` or after max_new_tokens.
+
+    Sampling draws from `generator` (one stream for the batch), or with `seeds` from one stream per row
+    seeded by seeds[i]: then a row's completion depends only on its prompt and its seed, not on the other
+    rows, which is what lets GRPO ranks sample their share of a batch and get what one process would.
+    """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
+    if seeds is not None and (generator is not None or len(seeds) != len(prompts)):
+        raise ValueError(f"seeds must give one seed per prompt ({len(seeds)} for {len(prompts)} prompts) "
+                         f"and replace `generator`, not join it")
     device = model.wte.weight.device
     B, P = len(prompts), max(len(p) for p in prompts)
     if P + max_new_tokens > model.cfg.seq_len:
@@ -81,8 +101,9 @@ def generate(
     hidden = model(idx, doc_ids=doc_ids[:, :P], positions=positions, cache=cache)  # prefill
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    streams = None if seeds is None else [torch.Generator(device=device).manual_seed(s) for s in seeds]
     for t in range(max_new_tokens):
-        tok = sample_next(model.logits(hidden[:, -1]), temperature, top_k, generator)  # (B,)
+        tok = sample_next(model.logits(hidden[:, -1]), temperature, top_k, generator, streams)  # (B,)
         for b in (~done).nonzero().flatten().tolist():
             out[b].append(int(tok[b]))
         if stop_id is not None:

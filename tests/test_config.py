@@ -18,8 +18,8 @@ def test_overrides_do_not_touch_the_preset():
 @pytest.mark.parametrize("key,value,message", [
     ("model.n_layers", "3", "unknown config key --model.n_layers; did you mean --model.n_layer?"),
     ("nope", "1", "unknown config key --nope"),
-    ("model.n_layer", "three", "--model.n_layer='three': expected a int"),
-    ("optim.lr", "fast", "expected a float"),
+    ("model.n_layer", "three", "--model.n_layer='three': expected an integer"),
+    ("optim.lr", "fast", "expected a number"),
     ("wandb", "maybe", "expected true/false"),
     ("device", "tpu", "allowed values are auto, cpu, cuda"),
     ("pretrain.decay", "step", "allowed values are cosine, linear, constant"),

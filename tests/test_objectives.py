@@ -7,7 +7,7 @@ from train.config import PhaseConfig
 from train.data import IGNORE, conversations
 from train.objectives import NextTokenLoss
 from train.rl import GRPOObjective, RolloutSource
-from train.tasks import ArithmeticTask, get_reward
+from train.tasks import ArithmeticTask, RewardError, get_reward
 from train.tokenizer import Tokenizer
 
 TASK = ArithmeticTask(digits=2)
@@ -123,5 +123,5 @@ def test_bad_reward_value_is_a_clear_error(tok):
     model = make_model(tok)
     p = PhaseConfig(name="grpo", objective="grpo", batch_size=2, micro_batch_size=2, group_size=2, max_new_tokens=4)
     src = RolloutSource(p, tok, lambda i: TASK.prompt("train", i), lambda c, a: None, None, seed=0)
-    with pytest.raises(TypeError, match="reward function returned None"):
+    with pytest.raises(RewardError, match="reward function <lambda> returned None"):
         src.next_step(2, 2, model)

@@ -22,11 +22,13 @@ def metrics(run_dir):
 def test_smoke_preset_end_to_end(tmp_path, capsys, preset):
     out = str(tmp_path / "run")
     assert main([f"--preset={preset}", f"--out={out}"]) == 0
-    for name in ("config.json", "metrics.jsonl", "summary.json", "ckpt.pt", "tokenizer.json", "loss.png", "eval.png"):
+    for name in ("config.json", "metrics.jsonl", "summary.json", "tokenizer.json", "loss.png", "eval.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     cfg = load_preset(preset)
+    ends = [f"ckpt-{4 * (i + 1):06d}-{p.name}.pt" for i, p in enumerate(cfg.phases)]  # 4 steps per phase
+    assert sorted(f for f in os.listdir(out) if f.startswith("ckpt")) == ends
     assert [p["name"] for p in summary["phases"]] == [p.name for p in cfg.phases]
     for p in summary["phases"]:  # every held-out set after every phase
         assert {f"{q.name}/loss" for q in cfg.phases if q.objective != "grpo"} <= set(p["eval"])
@@ -85,7 +87,7 @@ def error_line(capsys, argv):
 
 def test_bad_input_gets_one_line_errors(tmp_path, capsys):
     assert "unknown config key --model.n_layers" in error_line(capsys, ["--model.n_layers=2"])
-    assert "expected a int" in error_line(capsys, ["--seed=x"])
+    assert "expected an integer" in error_line(capsys, ["--seed=x"])
     assert "unknown preset" in error_line(capsys, ["--preset=nope"])
     assert "no checkpoint in" in error_line(capsys, ["--resume", str(tmp_path)])
 

@@ -1,19 +1,35 @@
-"""Checkpoints: everything needed to continue a run exactly, written atomically.
+"""Checkpoints: everything needed to continue a run exactly, written atomically, rotated, loaded safely.
 
 A checkpoint holds the model, the optimiser, the step (which fixes the phase), every data source's position,
-every objective's state (e.g. a GRPO reference snapshot), the RNG states and the tokenizer. It is written to
-`ckpt.pt.tmp`, flushed to disk, then renamed over `ckpt.pt`: a crash mid-write leaves the previous
-checkpoint intact.
+every objective's state (e.g. a GRPO reference snapshot and rollout buffer), the RNG states, the tokenizer,
+and the run's identity (model config and tokenizer fingerprint) so it is never loaded into a different model.
+
+Files in the run folder:
+    ckpt-000120.pt            after step 120; only the newest `keep` of these are kept
+    ckpt-000400-pretrain.pt   at the end of phase "pretrain" (step 400); always kept
+Each is written to `<name>.tmp`, flushed to disk, then renamed: a crash mid-write leaves every earlier
+checkpoint intact. Resuming takes the newest checkpoint that loads; one that is truncated or corrupt is
+named in a warning and the previous one is used.
+
+Only plain data is stored (tensors, numbers, strings, lists, dicts; RNG states converted to those), so
+loading uses `torch.load(weights_only=True)`, which never runs code from the file: a checkpoint holding any
+other pickled object is refused.
 """
 from __future__ import annotations
 
+import dataclasses
+import glob
+import hashlib
 import os
+import pickle
 import random
+import re
+import sys
 
 import numpy as np
 import torch
 
-CKPT = "ckpt.pt"
+_NAME = re.compile(r"ckpt-(\d+)(?:-(.+))?\.pt")  # ckpt-<step>[-<phase>].pt
 
 
 class CheckpointError(ValueError):
@@ -21,38 +37,125 @@ class CheckpointError(ValueError):
 
 
 def rng_state() -> dict:
+    """Every RNG state as plain data: Python's as a list of ints, NumPy's key as an int64 tensor."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: str, state: dict) -> str:
-    path = os.path.join(run_dir, CKPT)
+# ------------------------------------------------------------------------------------------------ identity
+def identity(model_cfg, tokenizer: str) -> dict:
+    """What a checkpoint must agree on with the run loading it: the model config (the attention
+    implementation aside, which any checkpoint may switch) and a fingerprint of the serialised tokenizer."""
+    model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k != "kernels"}
+    return {"model": model, "tokenizer": hashlib.sha256(tokenizer.encode()).hexdigest()[:16]}
+
+
+def check_identity(state: dict, own: dict, source: str) -> None:
+    """CheckpointError naming the first thing that differs between the checkpoint and this run."""
+    theirs = state.get("identity")
+    if not isinstance(theirs, dict):
+        raise CheckpointError(f"checkpoint {source} does not record its model and tokenizer (written by an older "
+                              f"version); start a new run")
+    for key, ours in own["model"].items():
+        if theirs["model"].get(key) != ours:
+            raise CheckpointError(f"checkpoint {source} is for a different model: {key} is "
+                                  f"{theirs['model'].get(key)} in the checkpoint but {ours} here")
+    if theirs["tokenizer"] != own["tokenizer"]:
+        raise CheckpointError(f"checkpoint {source} was trained with a different tokenizer (fingerprint "
+                              f"{theirs['tokenizer']} in the checkpoint, {own['tokenizer']} here)")
+
+
+# ------------------------------------------------------------------------------------------------ files
+def find(run_dir: str) -> list[str]:
+    """Checkpoint paths in `run_dir`, newest (highest step) first; at equal steps the phase-end one first."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(run_dir), "ckpt-*.pt")):
+        m = _NAME.fullmatch(os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), m.group(2) is not None, path))
+    return [path for *_, path in sorted(found, reverse=True)]
+
+
+def save(run_dir: str, state: dict, keep: int = 2, phase_end: str | None = None) -> str:
+    """Write `state` (its "step" names the file) atomically, then rotate.
+
+    `phase_end` (the phase's name) marks a checkpoint kept for good; of the others the newest `keep` stay.
+    Checkpoints past this step can only be ones that failed to load when the run resumed from an earlier
+    one, so they are removed too, as are temporary files left by a crash mid-write.
+    """
+    step = state["step"]
+    path = os.path.join(run_dir, f"ckpt-{step:06d}" + (f"-{phase_end}" if phase_end else "") + ".pt")
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    rotating = []
+    for p in find(run_dir):
+        s, tagged = _step_of(p)
+        if s > step:
+            os.remove(p)
+        elif not tagged:
+            rotating.append(p)
+    for p in rotating[keep:]:
+        os.remove(p)
+    for p in glob.glob(os.path.join(glob.escape(run_dir), "ckpt-*.pt.tmp")):
+        os.remove(p)
     return path
 
 
 def load(run_dir: str) -> dict:
-    path = os.path.join(run_dir, CKPT)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint in {run_dir} (expected {path}); nothing to resume")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The newest checkpoint in `run_dir` that loads, with the path it came from under "loaded_from".
+
+    A truncated or corrupt file gets a one-line warning on stderr and the previous checkpoint is tried; a
+    file holding pickled objects other than plain data is refused outright (CheckpointError).
+    """
+    paths = find(run_dir)
+    if not paths:
+        raise CheckpointError(f"no checkpoint in {run_dir} (expected ckpt-<step>.pt files); nothing to resume")
+    for i, path in enumerate(paths):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+                raise ValueError("not a tritium checkpoint")
+        except Exception as e:  # noqa: BLE001  (damaged bytes make torch.load raise almost anything)
+            unsafe = isinstance(e, pickle.UnpicklingError) and re.search(r"GLOBAL ([\w.]+)", str(e))
+            if unsafe:  # the file asks for a callable or class that weights_only refuses to import
+                raise CheckpointError(f"checkpoint {path} holds pickled objects other than tensors and plain data "
+                                      f"({unsafe.group(1)}); refusing to load it (it could run code)") from None
+            _warn_unreadable(path, e, paths[i + 1 :])
+            continue
+        state["loaded_from"] = path
+        return state
+    raise CheckpointError(f"no readable checkpoint in {run_dir}: all {len(paths)} are truncated or corrupt")
+
+
+def _step_of(path: str) -> tuple[int, bool]:
+    m = _NAME.fullmatch(os.path.basename(path))
+    return int(m.group(1)), m.group(2) is not None
+
+
+def _warn_unreadable(path: str, e: Exception, older: list[str]) -> None:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+    then = f"falling back to {older[0]}" if older else "no older checkpoint to fall back to"
+    print(f"warning: checkpoint {path} is unreadable, truncated or corrupt ({reason}); {then}", file=sys.stderr)
 
 
 def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:

@@ -1,4 +1,9 @@
-"""Command line: `python train.py [--preset=NAME] [--key=value ...]` or `python train.py --resume RUN_DIR`."""
+"""Command line: `python train.py [--preset=NAME] [--key=value ...]` or `python train.py --resume RUN_DIR`.
+
+Bad input, an unusable checkpoint, a broken reward function and a run stopped by numerical faults are each
+one line on stderr, `error: ...`, and exit code 2, never a traceback. SIGINT/SIGTERM during training save a
+checkpoint first (train/loop.py) and exit with 130/143, the shell's codes for those signals.
+"""
 from __future__ import annotations
 
 import sys
@@ -6,6 +11,11 @@ import sys
 from train.checkpoint import CheckpointError
 from train.config import PRESETS, ConfigError, all_keys, apply_overrides, load_preset
 from train.data import DataError
+from train.loop import Interrupted, NumericalError
+from train.tasks import RewardError
+from train.tokenizer import TokenizerError
+
+ONE_LINE_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, RewardError, NumericalError)
 
 USAGE = """usage: python train.py [--preset=NAME] [--key=value ...]
        python train.py --resume RUN_DIR
@@ -60,9 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run(apply_overrides(cfg, overrides))
         return 0
-    except (ConfigError, DataError, CheckpointError) as e:
+    except ONE_LINE_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except Interrupted as e:  # a checkpoint is saved; the message says how to continue
+        print(e, file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # before training started (setup), so there is nothing new to save
         print("\ninterrupted; continue from the last checkpoint with --resume RUN_DIR", file=sys.stderr)
         return 130

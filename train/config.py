@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 
 from model.gpt import GPTConfig
+from train.tasks import OPS, REWARDS
+from train.tokenizer import SPECIAL_TOKENS
 
 
 class ConfigError(ValueError):
@@ -52,10 +56,13 @@ class OptimConfig:
     beta2: float = 0.95  # AdamW β2
     eps: float = 1e-8  # AdamW ε
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
+    max_bad_steps: int = 5  # stop, with a checkpoint, after this many steps in a row with a NaN/inf loss or gradient
 
     def __post_init__(self):
-        _positive(self, "lr", "eps")
-        _nonnegative(self, "weight_decay", "grad_clip")
+        _positive(self, "optim.", "lr", "eps", "max_bad_steps")
+        _nonnegative(self, "optim.", "weight_decay", "grad_clip")
+        for name in ("beta1", "beta2"):
+            _check(self, "optim.", name, 0 <= getattr(self, name) < 1, "in [0, 1)")
 
 
 @dataclass
@@ -65,6 +72,12 @@ class TaskConfig:
     eval_problems: int = 200  # held-out problems for task accuracy
     max_new_tokens: int = 48  # generation budget when evaluating task accuracy
     pass_k: int = 4  # samples per problem for pass@k (0 disables)
+
+    def __post_init__(self):
+        _check(self, "task.", "digits", 1 <= self.digits <= 12, "between 1 and 12")
+        _check(self, "task.", "ops", bool(self.ops) and set(self.ops) <= set(OPS), f"a non-empty subset of {OPS!r}")
+        _positive(self, "task.", "eval_problems", "max_new_tokens")
+        _nonnegative(self, "task.", "pass_k")
 
 
 @dataclass
@@ -96,12 +109,27 @@ class PhaseConfig:
     mu: int = 1  # optimiser steps per rollout batch
     scale_std: bool = True  # divide advantages by the group std (false: Dr. GRPO)
     std_floor: float = 0.0  # floor on the group std before dividing
+    reward_min: float = 0.0  # rewards below this are clamped up to it (and counted: reward_out_of_range)
+    reward_max: float = 1.0  # rewards above this are clamped down to it (built-in rewards are 0 or 1)
 
     def __post_init__(self):
-        _positive(self, "steps", "batch_size", "micro_batch_size", "group_size", "max_new_tokens", "mu")
-        _nonnegative(self, "temperature", "top_k", "eps_low", "eps_high", "beta", "std_floor")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", self.name):
+            raise ConfigError(f"phase name {self.name!r} must be letters, digits, _ or - (it is used in "
+                              f"--<name>.<field> options and checkpoint file names)")
+        at = f"{self.name}."
+        _positive(self, at, "steps", "batch_size", "micro_batch_size", "group_size", "max_new_tokens", "mu")
+        _nonnegative(self, at, "temperature", "top_k", "eps_low", "eps_high", "beta", "std_floor")
         parse_aux(self.aux)
-        _nonnegative(self, "warmup_steps", "eval_every", "lr_scale", "min_lr_ratio")
+        _nonnegative(self, at, "warmup_steps", "eval_every", "lr_scale", "min_lr_ratio")
+        _check(self, at, "min_lr_ratio", self.min_lr_ratio <= 1, "in [0, 1]")
+        _check(self, at, "eps_low", self.eps_low < 1, "in [0, 1)")
+        _check(self, at, "reward_max", math.isfinite(self.reward_min) and math.isfinite(self.reward_max)
+               and self.reward_min < self.reward_max, f"finite and > {self.name}.reward_min={self.reward_min}")
+        if self.objective == "grpo":
+            _check(self, at, "group_size", self.group_size >= 2, ">= 2 (advantages compare completions of a group)")
+            _check(self, at, "temperature", self.temperature > 0, "> 0 (rollout log-probs divide by it)")
+            _check(self, at, "reward", self.reward in REWARDS,
+                   f"a registered reward: {', '.join(sorted(REWARDS))} (train.tasks.register_reward adds one)")
         if self.objective == "grpo" and self.batch_size % self.group_size:
             raise ConfigError(f"{self.name}.batch_size={self.batch_size} (completions per step) must be a "
                               f"multiple of {self.name}.group_size={self.group_size}")
@@ -124,14 +152,24 @@ class RunConfig:
     log_every: int = 10  # console/metrics line every N steps
     eval_rows: int = 32  # rows of each held-out loss set (pretraining text, SFT conversations)
     ckpt_every: int = 0  # checkpoint every N steps (0: at the end of every phase only)
+    keep_checkpoints: int = 2  # step checkpoints kept, the newest ones (each phase's last is kept as well)
     wandb: bool = False  # log to Weights & Biases (WANDB_MODE=offline works without network)
     threads: int = 0  # torch CPU threads (0: torch's default)
+    backend: str = choice("auto", ("auto", "nccl", "gloo"), "torchrun process group: auto = nccl on CUDA, gloo on CPU")
     model: GPTConfig = field(default_factory=GPTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     phases: list[PhaseConfig] = field(default_factory=list)
 
     def __post_init__(self):
+        _check(self, "", "seed", 0 <= self.seed < 2**32, "in [0, 2**32)")
+        _positive(self, "", "log_every", "eval_rows", "keep_checkpoints")
+        _nonnegative(self, "", "ckpt_every", "threads")
+        _check(self, "", "tokenizer", bool(self.tokenizer), "bpe, gpt2 or the path of a tokenizer.json")
+        if self.tokenizer == "bpe":
+            _check(self, "", "vocab_size", self.vocab_size >= 256 + len(SPECIAL_TOKENS),
+                   f">= {256 + len(SPECIAL_TOKENS)} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        _check(self, "", "phases", bool(self.phases), "a non-empty list")
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):
             raise ConfigError(f"phase names must be unique, got {names}")
@@ -146,16 +184,22 @@ class RunConfig:
         raise ConfigError(f"no phase named {name!r}; phases: {[p.name for p in self.phases]}")
 
 
-def _positive(obj, *names):
-    for n in names:
-        if not getattr(obj, n) > 0:
-            raise ConfigError(f"{n}={getattr(obj, n)} must be > 0")
+def _check(obj, prefix: str, name: str, ok: bool, allowed: str) -> None:
+    """ConfigError naming the field by its option path (`prefix` + name), its value and what is allowed."""
+    if not ok:
+        raise ConfigError(f"{prefix}{name}={getattr(obj, name)!r} must be {allowed}")
 
 
-def _nonnegative(obj, *names):
+def _positive(obj, prefix: str, *names):
     for n in names:
-        if not getattr(obj, n) >= 0:
-            raise ConfigError(f"{n}={getattr(obj, n)} must be >= 0")
+        v = getattr(obj, n)
+        _check(obj, prefix, n, math.isfinite(v) and v > 0, "> 0")
+
+
+def _nonnegative(obj, prefix: str, *names):
+    for n in names:
+        v = getattr(obj, n)
+        _check(obj, prefix, n, math.isfinite(v) and v >= 0, ">= 0")
 
 
 # ------------------------------------------------------------------------------------------- presets
@@ -232,7 +276,7 @@ def _parse(key: str, raw: str, typ, meta: dict):
             raise ValueError
         value = int(raw) if typ is int else float(raw) if typ is float else raw
     except ValueError:
-        allowed = "true/false" if typ is bool else f"a {typ.__name__}"
+        allowed = "true/false" if typ is bool else _TYPE_NAMES[typ]
         raise ConfigError(f"--{key}={raw!r}: expected {allowed}") from None
     choices = meta.get("choices")
     if choices and value not in choices:
@@ -291,21 +335,40 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
 
 
 def _revalidate(cfg: RunConfig) -> RunConfig:
-    """Rebuild every dataclass from its fields so __post_init__ checks run on the final values."""
+    """Rebuild every dataclass from its fields so __post_init__ checks run on the final values; first check
+    each plain field's type and choices (a config built in Python or read from config.json skips _parse)."""
 
-    def rebuild(obj):
+    def rebuild(obj, prefix):
         if isinstance(obj, list):
-            return [rebuild(x) for x in obj]
+            return [rebuild(x, f"{getattr(x, 'name', '?')}.") for x in obj]
         if not dataclasses.is_dataclass(obj):
             return obj
+        values = {}
+        for name, (f, typ) in _fields(obj).items():
+            value = getattr(obj, name)
+            _check_value(f"{prefix}{name}", value, typ, f.metadata)
+            values[name] = rebuild(value, f"{prefix}{name}.")
         try:
-            return type(obj)(**{f.name: rebuild(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+            return type(obj)(**values)
         except ConfigError:
             raise
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
-    return rebuild(cfg)
+    return rebuild(cfg, "")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
+
+
+def _check_value(key: str, value, typ, meta: dict) -> None:
+    if typ in _TYPE_NAMES:
+        ok = isinstance(value, (int, float) if typ is float else typ) and (typ is bool or not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{key}={value!r} must be {_TYPE_NAMES[typ]}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}={value!r}: allowed values are {', '.join(map(str, choices))}")
 
 
 def to_dict(cfg: RunConfig) -> dict:
@@ -314,12 +377,27 @@ def to_dict(cfg: RunConfig) -> dict:
 
 def from_dict(d: dict) -> RunConfig:
     """Inverse of to_dict (for config.json of a run being resumed)."""
-    d = dict(d)
-    d["model"] = GPTConfig(**d["model"])
-    d["optim"] = OptimConfig(**d["optim"])
-    d["task"] = TaskConfig(**d["task"])
-    d["phases"] = [PhaseConfig(**p) for p in d["phases"]]
-    return _revalidate(RunConfig(**d))
+    try:
+        d = dict(d)
+        d["model"] = _build(GPTConfig, d["model"], "model.")
+        d["optim"] = _build(OptimConfig, d["optim"], "optim.")
+        d["task"] = _build(TaskConfig, d["task"], "task.")
+        d["phases"] = [_build(PhaseConfig, p, f"{p.get('name')}.") for p in d["phases"]]
+        return _revalidate(_build(RunConfig, d, ""))
+    except ConfigError:
+        raise
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        raise ConfigError(f"the saved config does not fit this version ({type(e).__name__}: {e})") from None
+
+
+def _build(cls, values: dict, prefix: str):
+    """cls(**values), with unknown keys and wrongly typed values reported by name first."""
+    fields, hints = {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config field {prefix}{key} (saved by a different version?)")
+        _check_value(prefix + key, value, hints[key], fields[key].metadata)
+    return cls(**values)
 
 
 def load_preset(name: str) -> RunConfig:

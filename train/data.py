@@ -13,6 +13,19 @@ source runs out.
 Positions are integers, so resuming needs only `state_dict()`:
     PackedDocs    - generated or listed documents, document i regenerated from its index (cursor = next i)
     TokenStream   - a user's .txt/.jsonl tokenized once into a memory-mapped shard (offset = next token)
+
+User files are read strictly: anything wrong with one (missing, empty, not UTF-8, malformed JSON, a line of
+the wrong shape, a conversation without an assistant turn) is a DataError naming the file and the line, which
+the CLI prints as one line. Examples whose prompt leaves no room in the context are dropped, with one printed
+line counting them (`fit_context`).
+
+Data parallel (train/distributed.py): a step's `rows` are the GLOBAL rows. These sources are deterministic
+functions of their position, so every rank builds the same whole step and keeps its contiguous slice, rows
+[r·B/W, (r+1)·B/W), split into its micro-batches. The positions stay global (a checkpoint's data position
+means the same at any world size) and the normaliser is counted over every rank's rows, so it is already
+the global count. The cost: each rank packs W times the rows it trains on, which for this data is small
+next to a forward/backward; a loader of big shards would read only its own rows, and then its count would
+be local and must be all-reduced (`distributed.all_reduce`), as GRPO's rollout source does.
 """
 from __future__ import annotations
 
@@ -26,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from train.distributed import SINGLE, Dist
 from train.tasks import ArithmeticTask
 from train.tokenizer import Tokenizer
 
@@ -81,14 +95,18 @@ def pack(docs, rows: int, seq_len: int, tok: Tokenizer) -> tuple[torch.Tensor, t
     return ids, mask, used
 
 
-def to_batches(ids: torch.Tensor, mask: torch.Tensor, micro_rows: int, tok: Tokenizer) -> list[Batch]:
-    """Split packed rows into micro-batches that share the step's supervised-token count."""
+def to_batches(ids: torch.Tensor, mask: torch.Tensor, micro_rows: int, tok: Tokenizer,
+               dist: Dist = SINGLE) -> list[Batch]:
+    """Split this rank's slice of the step's packed rows into micro-batches that share the step's
+    supervised-token count (counted over every rank's rows)."""
     idx, targets = ids[:, :-1], ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE)
     normaliser = float((targets != IGNORE).sum())
     doc_ids = doc_ids_from_bos(idx, tok.bos)
+    share = idx.size(0) // dist.world_size
+    first = dist.rank * share
     return [
         Batch(idx[i : i + micro_rows], targets[i : i + micro_rows], doc_ids[i : i + micro_rows], normaliser)
-        for i in range(0, idx.size(0), micro_rows)
+        for i in range(first, first + share, micro_rows)
     ]
 
 
@@ -110,10 +128,11 @@ def parse_mix(mix: str, kinds: tuple[str, ...]) -> dict[str, float]:
 
 
 class PackedDocs:
-    """Documents `document(i) -> (ids, mask)`, i = 0, 1, ..., packed into rows (cycling after `count`)."""
+    """Documents `document(i) -> (ids, mask)`, i = 0, 1, ..., packed into rows (cycling after `count`);
+    a training step yields `dist`'s share of the rows (held-out batches are never sharded)."""
 
-    def __init__(self, document, tok: Tokenizer, seq_len: int, count: int | None = None):
-        self.document, self.tok, self.seq_len, self.count = document, tok, seq_len, count
+    def __init__(self, document, tok: Tokenizer, seq_len: int, count: int | None = None, dist: Dist = SINGLE):
+        self.document, self.tok, self.seq_len, self.count, self.dist = document, tok, seq_len, count, dist
         self.cursor = 0
 
     def docs_from(self, start: int):
@@ -125,7 +144,7 @@ class PackedDocs:
     def next_step(self, rows: int, micro_rows: int, model=None) -> list[Batch]:
         ids, mask, used = pack(self.docs_from(self.cursor), rows, self.seq_len, self.tok)
         self.cursor += used
-        return to_batches(ids, mask, micro_rows, self.tok)
+        return to_batches(ids, mask, micro_rows, self.tok, self.dist)
 
     def eval_batches(self, rows: int, micro_rows: int) -> list[Batch]:
         rows = rows if self.count is None else max(1, min(rows, self.count))
@@ -142,7 +161,8 @@ class PackedDocs:
 PRETRAIN_KINDS = ("facts", "worked", "chat")
 
 
-def embedded_pretraining(task: ArithmeticTask, tok: Tokenizer, mix: str, seed: int, split: str, seq_len: int):
+def embedded_pretraining(task: ArithmeticTask, tok: Tokenizer, mix: str, seed: int, split: str, seq_len: int,
+                         dist: Dist = SINGLE):
     """Generated pretraining documents: plain facts, worked problems as text, problems as chat turns.
 
     Chat documents are supervised on every token like any pretraining text; they teach a base model the
@@ -158,17 +178,17 @@ def embedded_pretraining(task: ArithmeticTask, tok: Tokenizer, mix: str, seed: i
             ids = tok.document(task.fact(split, i) if kind == "facts" else task.worked_text(split, i))
         return ids, [1] * len(ids)
 
-    return PackedDocs(document, tok, seq_len)
+    return PackedDocs(document, tok, seq_len, dist=dist)
 
 
-def conversations(convs, tok: Tokenizer, seq_len: int, count: int | None = None) -> PackedDocs:
+def conversations(convs, tok: Tokenizer, seq_len: int, count: int | None = None, dist: Dist = SINGLE) -> PackedDocs:
     """SFT rows: conversations `convs(i) -> messages`, supervised on assistant tokens only."""
 
     def document(i: int) -> tuple[list[int], list[int]]:
         r = tok.render_chat(convs(i))
         return r.ids, r.mask
 
-    return PackedDocs(document, tok, seq_len, count)
+    return PackedDocs(document, tok, seq_len, count, dist)
 
 
 def split_held_out(items: list, path: str) -> tuple[list, list]:
@@ -179,6 +199,24 @@ def split_held_out(items: list, path: str) -> tuple[list, list]:
     return items[:-n_eval], items[-n_eval:]
 
 
+def fit_context(items: list, prompt_len, limit: int, path: str) -> list:
+    """The items whose prompt is at most `limit` tokens (`prompt_len(item)`); the rest are dropped with one
+    printed line, and DataError if none is left.
+
+    A prompt longer than that leaves no room in the context: an SFT conversation would have no assistant
+    token inside the row, an RL prompt no room for its completion (the sampler needs prompt + max_new_tokens
+    <= model.seq_len). Dropping a few such lines beats failing a long run halfway through.
+    """
+    kept = [x for x in items if prompt_len(x) <= limit]
+    if not kept:
+        raise DataError(f"{path}: every prompt is longer than the {limit} tokens the context leaves for it; "
+                        f"raise model.seq_len or shorten the prompts")
+    if len(kept) < len(items):
+        print(f"note: {path}: dropped {len(items) - len(kept)} of {len(items)} examples whose prompt is longer "
+              f"than the {limit} tokens the context leaves for it")
+    return kept
+
+
 def read_documents(path: str) -> list[str]:
     """A .txt file is one document; a .jsonl file holds one {"text": ...} document per line."""
     if not os.path.isfile(path):
@@ -187,8 +225,7 @@ def read_documents(path: str) -> list[str]:
     if ext not in (".txt", ".jsonl"):
         raise DataError(f"{path}: unsupported extension {ext!r}; pretraining data is .txt or .jsonl")
     if ext == ".txt":
-        with open(path, encoding="utf-8") as f:
-            docs = [f.read()]
+        docs = [_read_text(path)]
     else:
         docs = read_jsonl(path, parse_text)
     docs = [d for d in docs if d.strip()]
@@ -204,10 +241,9 @@ def read_jsonl(path: str, parse) -> list:
     if not path.endswith(".jsonl"):
         raise DataError(f"{path}: expected a .jsonl file")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                out.append(parse(_json_line(path, n, line), f"{path}:{n}"))
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
+        if line.strip():
+            out.append(parse(_json_line(path, n, line), f"{path}:{n}"))
     if not out:
         raise DataError(f"{path} is empty: no examples")
     return out
@@ -216,7 +252,8 @@ def read_jsonl(path: str, parse) -> list:
 def parse_conversation(obj, where: str) -> list[dict]:
     """{"messages": [{"role", "content"}, ...]} or {"prompt": ..., "response": ...}."""
     if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
-        return [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["response"]}]
+        return [{"role": "user", "content": _unicode(obj["prompt"], where)},
+                {"role": "assistant", "content": _unicode(obj["response"], where)}]
     msgs = obj.get("messages") if isinstance(obj, dict) else None
     if not isinstance(msgs, list) or not msgs or not all(
         isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
@@ -226,21 +263,49 @@ def parse_conversation(obj, where: str) -> list[dict]:
                         f'or {{"prompt": str, "response": str}}')
     if not any(m["role"] == "assistant" for m in msgs):
         raise DataError(f"{where}: the conversation has no assistant turn to learn from")
-    return msgs
+    return [{"role": m["role"], "content": _unicode(m["content"], where)} for m in msgs]
 
 
 def parse_text(obj, where: str) -> str:
     """{"text": str} for pretraining."""
     if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
         raise DataError(f'{where}: expected an object with a string "text" field')
-    return obj["text"]
+    return _unicode(obj["text"], where)
 
 
 def parse_prompt(obj, where: str) -> tuple[list[dict], str]:
     """{"prompt": str, "answer": str or number} for RL."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or "answer" not in obj:
-        raise DataError(f'{where}: expected {{"prompt": str, "answer": str}}')
-    return [{"role": "user", "content": obj["prompt"]}], str(obj["answer"])
+    answer = obj.get("answer") if isinstance(obj, dict) else None
+    if (not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or isinstance(answer, bool)
+            or not isinstance(answer, (str, int, float))):
+        raise DataError(f'{where}: expected {{"prompt": str, "answer": str or number}}')
+    return [{"role": "user", "content": _unicode(obj["prompt"], where)}], _unicode(str(answer), where)
+
+
+def _read_text(path: str) -> str:
+    """A whole file as text: UTF-8, a leading byte-order mark dropped; else DataError naming line and byte."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at offset {e.start}); "
+                        f"convert the file to UTF-8") from None
+
+
+def _unicode(text: str, where: str) -> str:
+    """`text` unless it holds an unpaired surrogate (JSON can escape one, "\\ud800"), which no UTF-8 encoder
+    (the tokenizer's included) accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: text holds an unpaired surrogate (\\u{ord(text[e.start]):04x}), which is not "
+                        f"valid Unicode") from None
+    return text
 
 
 def _json_line(path: str, lineno: int, line: str):
@@ -248,6 +313,8 @@ def _json_line(path: str, lineno: int, line: str):
         return json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # a number too long to convert; nesting too deep
+        raise DataError(f"{path}:{lineno}: malformed JSON ({str(e).split(';')[0] or 'nested too deeply'})") from None
 
 
 class TokenStream:
@@ -256,8 +323,8 @@ class TokenStream:
     The last 1/20 of the tokens (at least one row) is held out for validation.
     """
 
-    def __init__(self, path: str, tok: Tokenizer, seq_len: int, cache_dir: str):
-        self.tok, self.seq_len, self.offset = tok, seq_len, 0
+    def __init__(self, path: str, tok: Tokenizer, seq_len: int, cache_dir: str, dist: Dist = SINGLE):
+        self.tok, self.seq_len, self.offset, self.dist = tok, seq_len, 0, dist
         with open(path, "rb") as f:
             digest = hashlib.sha1(f.read()).hexdigest()[:12]
         shard = os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}.{tok.name}{tok.n_vocab}.bin")
@@ -284,7 +351,7 @@ class TokenStream:
 
     def next_step(self, rows: int, micro_rows: int, model=None) -> list[Batch]:
         ids, self.offset = self._rows(self.train, self.offset, rows)
-        return to_batches(ids, torch.ones_like(ids), micro_rows, self.tok)
+        return to_batches(ids, torch.ones_like(ids), micro_rows, self.tok, self.dist)
 
     def eval_batches(self, rows: int, micro_rows: int) -> list[Batch]:
         rows = min(rows, max(1, (len(self.eval) - 1) // self.seq_len))

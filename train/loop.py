@@ -8,20 +8,53 @@ differ only in the source and objective they carry.
 
 Gradient accumulation divides exactly once, inside the objective, by a count that covers the whole step
 (see train/objectives.py), so the loop only sums.
+
+Under torchrun (train/distributed.py) every rank runs this same loop on its share of each step's rows. The
+objectives' counts cover the global step, so each rank's loss is its share of the global loss: gradients
+are summed over ranks (once, on the last micro-batch; the others run under `no_sync`) and so are the
+metrics, which are shares too. Clipping then sees the same gradients, hence the same norm, on every rank.
+Rank 0 alone logs, evaluates (the others wait) and writes checkpoints.
+
+Faults: before each optimiser step the loop checks the step's loss and gradient norm. If either is NaN or
+inf it skips the update (the batch is not retried: step counter, LR schedule and data position move on),
+prints which tensor went bad, and counts the step (`skipped` in the log line, the phase stats and
+summary.json); after `optim.max_bad_steps` such steps in a row it saves a checkpoint and stops with
+NumericalError.
+
+Interruption: while `run` trains, a SIGINT or SIGTERM only sets a flag. The loop looks at it after each
+whole step (so a GRPO rollout in progress finishes, and its step is taken, first), saves a checkpoint, and
+raises Interrupted, which the CLI turns into one line and exit code 130/143. A second signal stops the
+process at once, as without the handler; a save it cuts short leaves the earlier checkpoints whole, saves
+being atomic (train/checkpoint.py).
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 
 import torch
 
 from model.gpt import GPT
-from train import checkpoint
+from train import checkpoint, distributed
 from train.config import PhaseConfig, RunConfig
+from train.distributed import SINGLE, Dist
 from train.phases import Phase
 from train.report import RunLog
+
+
+class NumericalError(RuntimeError):
+    """Too many steps in a row with a NaN/inf loss or gradient (printed as one line by the CLI)."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped training after a checkpoint; the message says how to continue."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum  # the CLI exits with 128 + signum, as a shell reports a process killed by it
 
 
 def lr_factor(p: PhaseConfig, i: int) -> float:
@@ -47,17 +80,24 @@ def make_optimizer(model: GPT, cfg: RunConfig) -> torch.optim.AdamW:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, model: GPT, phases: list[Phase], evaluators: dict, out_dir: str,
-                 extra_state: dict, peak_flops: float | None):
-        self.cfg, self.model, self.phases, self.out_dir = cfg, model, phases, out_dir
+                 extra_state: dict, peak_flops: float | None, dist: Dist = SINGLE):
+        self.cfg, self.model, self.phases, self.out_dir, self.dist = cfg, model, phases, out_dir, dist
+        # the objectives call `self.ddp` (DDP's forward, so the backward sums gradients over ranks);
+        # everything else gets the bare `self.model`
+        self.ddp = distributed.DataParallel(model, dist)
         self.evaluators = evaluators  # name -> fn(model) -> metrics, run after every phase
         self.extra_state = extra_state  # saved verbatim in every checkpoint (tokenizer, provenance)
-        self.peak_flops = peak_flops
+        self.peak_flops = peak_flops  # of one device
         self.device = next(model.parameters()).device
         self.opt = make_optimizer(model, cfg)
         self.step = 0
         self.total = phases[-1].end
         self.phase_results: list[dict] = []  # one per finished phase, for summary.json
-        self.stats: dict[str, dict] = {}  # per phase so far: steps, tokens, seconds, last loss
+        self.stats: dict[str, dict] = {}  # per phase so far: steps, tokens, seconds, last loss, skipped steps
+        self.bad_steps = 0  # steps skipped in a row for a non-finite loss or gradient
+        self.last_fault = ""  # what went bad in the last skipped step
+        self.signal: int | None = None  # the first SIGINT/SIGTERM received while training
+        self.saved_at = -1  # the step of the last checkpoint this process wrote
         self.flops_per_token = model.flops_per_token()
         bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.device.type == "cuda")
         self.autocast = (
@@ -75,10 +115,16 @@ class Trainer:
             "phase_results": self.phase_results,
             "stats": self.stats,
             "rng": checkpoint.rng_state(),
+            "bad_steps": self.bad_steps,
+            "identity": self.identity(),
             **self.extra_state,
         }
 
+    def identity(self) -> dict:
+        return checkpoint.identity(self.model.cfg, self.extra_state.get("tokenizer", ""))
+
     def load_state_dict(self, state: dict, source: str) -> None:
+        checkpoint.check_identity(state, self.identity(), source)
         checkpoint.load_model_state(self.model, state["model"], source)
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.phase_results, self.stats = state["step"], state["phase_results"], state["stats"]
@@ -87,9 +133,15 @@ class Trainer:
             if hasattr(p.objective, "load_state_dict"):
                 p.objective.load_state_dict(state["objectives"][p.cfg.name])
         checkpoint.set_rng_state(state["rng"])
+        self.bad_steps = state["bad_steps"]
 
-    def save(self) -> None:
-        checkpoint.save(self.out_dir, self.state_dict())
+    def save(self, phase_end: str | None = None) -> None:
+        """A checkpoint of the current step; `phase_end` (the phase's name) marks one that is never rotated out."""
+        state = self.state_dict()  # on every rank: a GRPO rollout buffer is gathered from all of them
+        if self.dist.is_main:
+            checkpoint.save(self.out_dir, state, self.cfg.keep_checkpoints, phase_end)
+        distributed.barrier()
+        self.saved_at = self.step
 
     # ------------------------------------------------------------------------------------------ the loop
     def phase_at(self, step: int) -> Phase:
@@ -108,64 +160,165 @@ class Trainer:
         with self.autocast():  # RL sources sample from the model
             micro_batches = phase.source.next_step(p.batch_size, p.micro_batch_size, self.model)
         metrics: dict[str, float] = {}
-        tokens = 0
-        for b in micro_batches:
+        tokens, total_loss = 0, 0.0
+        for n, b in enumerate(micro_batches):
             b = b.to(self.device)
-            with self.autocast():
-                loss, m = phase.objective(self.model, b)
-            loss.backward()
+            last = n == len(micro_batches) - 1
+            with contextlib.nullcontext() if last else self.ddp.no_sync():  # the last backward sums over ranks
+                with self.autocast():
+                    loss, m = phase.objective(self.ddp, b)
+                loss.backward()
             tokens += b.idx.numel()
+            total_loss += float(loss.detach())
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v)
-        if self.cfg.optim.grad_clip > 0:
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
-        self.opt.step()
+        # every rank's shares: global values
+        metrics = distributed.sum_metrics({"tokens": tokens, "total_loss": total_loss, **metrics})
+        tokens, total_loss = int(metrics.pop("tokens")), metrics.pop("total_loss")
+        grads = [(name, q.grad) for name, q in self.model.named_parameters() if q.grad is not None]
+        norm = _grad_norm([g for _, g in grads])
+        metrics["grad_norm"] = float(norm)
+        fault = _fault(total_loss, metrics["grad_norm"], grads)  # checked before any update
+        if fault is None:
+            if self.cfg.optim.grad_clip > 0:
+                _clip(grads, norm, self.cfg.optim.grad_clip)
+            self.opt.step()
+            self.bad_steps = 0
+        else:  # no update; the step still counts, so the LR schedule and the data position move on
+            self.bad_steps += 1
+            self.last_fault = f"{fault} at step {self.step + 1}"
+            if self.dist.is_main:
+                print(f"warning: phase {p.name}: {self.last_fault}; update skipped ({self.bad_steps} in a row; "
+                      f"the run stops at {self.cfg.optim.max_bad_steps})", flush=True)
         self.opt.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         self.step += 1
-        tok_s = tokens / dt
-        mfu = self.flops_per_token * tok_s / self.peak_flops if self.peak_flops else None
+        tok_s = tokens / dt  # over all ranks
+        devices = self.dist.world_size
+        mfu = self.flops_per_token * tok_s / (self.peak_flops * devices) if self.peak_flops else None
         return {"kind": "train", "phase": p.name, "step": self.step, "lr": lr, "ms": 1000 * dt,
-                "tokens": tokens, "tok_s": tok_s, "mfu": mfu, **metrics}
+                "tokens": tokens, "tok_s": tok_s, "mfu": mfu, "skipped": int(fault is not None), **metrics}
 
     def evaluate(self, names: list[str], phase: str, log: RunLog) -> dict:
-        self.model.eval()
+        """Every named held-out set, on rank 0 only (the other ranks wait); {} on the other ranks."""
         out = {}
-        with self.autocast():
-            for name in names:
-                for k, v in self.evaluators[name](self.model).items():
-                    out[f"{name}/{k}"] = v
-        log.write({"kind": "eval", "phase": phase, "step": self.step, **out})
-        log.eval_line(self.step, phase, out)
+        if self.dist.is_main:
+            self.model.eval()
+            with self.autocast():
+                for name in names:
+                    for k, v in self.evaluators[name](self.model).items():
+                        out[f"{name}/{k}"] = v
+            log.write({"kind": "eval", "phase": phase, "step": self.step, **out})
+            log.eval_line(self.step, phase, out)
+        distributed.barrier()
         return out
 
     def run(self, log: RunLog) -> dict:
         started = time.time()
-        while self.step < self.total:
-            phase = self.phase_at(self.step)
-            record = self.train_step(phase)
-            s = self.stats.setdefault(phase.cfg.name, {"steps": 0, "tokens": 0, "seconds": 0.0})
-            s["steps"] += 1
-            s["tokens"] += record["tokens"]
-            s["seconds"] += record["ms"] / 1000
-            s["final_loss"] = record["loss"]
-            i = self.step - phase.start
-            if self.step % self.cfg.log_every == 0 or self.step == phase.end:
-                log.write(record)
-                log.train_line(record)
-            log.progress(self.step, phase.cfg.name)
-            if self.step == phase.end:  # every held-out set, so the table shows what each phase gained and lost
-                result = self.evaluate(list(self.evaluators), phase.cfg.name, log)
-                self.phase_results.append(_phase_result(phase, s, result))
-                self.save()
-            else:
-                if phase.cfg.eval_every and i % phase.cfg.eval_every == 0:
-                    self.evaluate([n for n in (phase.cfg.name, "task") if n in self.evaluators], phase.cfg.name, log)
-                if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
-                    self.save()
+        with self._signals_stop_training():
+            while self.step < self.total:
+                phase = self.phase_at(self.step)
+                self._run_step(phase, log)
+                if self.bad_steps >= self.cfg.optim.max_bad_steps:
+                    self._save_once()
+                    raise NumericalError(
+                        f"phase {phase.cfg.name}: {self.bad_steps} steps in a row had a non-finite loss or gradient "
+                        f"(last: {self.last_fault}); saved a checkpoint at step {self.step} and stopped; lower "
+                        f"--optim.lr, check the data, or raise --optim.max_bad_steps")
+                if self._should_stop():
+                    self._save_once()
+                    raise Interrupted(f"interrupted at step {self.step} (phase {phase.cfg.name}); continue with: "
+                                      f"python train.py --resume {self.out_dir}", self.signal)
         return {"out": self.out_dir, "seconds": time.time() - started, "phases": self.phase_results}
+
+    def _run_step(self, phase: Phase, log: RunLog) -> None:
+        """One step and its bookkeeping: stats, log line, and when due evaluation and a checkpoint."""
+        record = self.train_step(phase)
+        s = self.stats.setdefault(phase.cfg.name, {"steps": 0, "tokens": 0, "seconds": 0.0, "skipped": 0})
+        s["steps"] += 1
+        s["tokens"] += record["tokens"]
+        s["seconds"] += record["ms"] / 1000
+        s["final_loss"] = record["loss"]
+        s["skipped"] += record["skipped"]
+        i = self.step - phase.start
+        if self.step % self.cfg.log_every == 0 or self.step == phase.end:
+            log.write(record)
+            log.train_line(record)
+        log.progress(self.step, phase.cfg.name)
+        if self.step == phase.end:  # every held-out set, so the table shows what each phase gained and lost
+            result = self.evaluate(list(self.evaluators), phase.cfg.name, log)
+            self.phase_results.append(_phase_result(phase, s, result))
+            self.save(phase_end=phase.cfg.name)
+        else:
+            if phase.cfg.eval_every and i % phase.cfg.eval_every == 0:
+                self.evaluate([n for n in (phase.cfg.name, "task") if n in self.evaluators], phase.cfg.name, log)
+            if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
+                self.save()
+
+    def _save_once(self) -> None:
+        if self.saved_at != self.step:
+            self.save()
+
+    # ------------------------------------------------------------------------------------------ signals
+    def _should_stop(self) -> bool:
+        """Whether a stop was asked for (checked after every step) on any rank: a signal may reach only some
+        ranks, and all of them must stop after the same step to save one checkpoint together."""
+        anywhere = distributed.all_reduce(self.signal or 0, "max")  # a collective: every rank must call it
+        self.signal = self.signal or anywhere or None
+        return self.signal is not None
+
+    @contextlib.contextmanager
+    def _signals_stop_training(self):
+        """While training, the first SIGINT or SIGTERM is only noted, and the previous handlers come back at
+        once: a second signal acts as it always does (Ctrl-C twice, or a kill, stops a run stuck in a step;
+        the checkpoints on disk stay whole, saves being atomic). The previous handlers come back after
+        training in any case. (Python lets only the main thread install handlers; elsewhere none are.)"""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+        def note(signum, frame):
+            self.signal = self.signal or signum
+            restore()
+
+        for sig in previous:
+            signal.signal(sig, note)
+        try:
+            yield
+        finally:
+            restore()
+
+
+def _fault(loss: float, norm: float, grads: list[tuple[str, torch.Tensor]]) -> str | None:
+    """What went bad in a step: the loss, else the first parameter whose gradient is not finite (else the
+    norm itself, which can overflow while every gradient is finite); None when nothing did."""
+    if not math.isfinite(loss):
+        return f"the loss is {loss}"
+    if math.isfinite(norm):
+        return None
+    name = next((n for n, g in grads if not torch.isfinite(g).all()), None)
+    return f"the gradient of {name} is not finite" if name else f"the gradient norm is {norm}"
+
+
+def _grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of all gradients (computed even without clipping: it is how a bad one is caught)."""
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach(), 2.0) for g in grads]), 2.0)
+
+
+def _clip(grads: list[tuple[str, torch.Tensor]], norm: torch.Tensor, max_norm: float) -> None:
+    """Scale every gradient by min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ does."""
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for _, g in grads:
+        g.detach().mul_(coef.to(g.device))
 
 
 def _state(objective) -> dict:
@@ -176,5 +329,5 @@ def _phase_result(phase: Phase, s: dict, evals: dict) -> dict:
     return {
         "name": phase.cfg.name, "objective": phase.cfg.objective, "steps": phase.cfg.steps,
         "tokens": s["tokens"], "seconds": s["seconds"], "tok_s": s["tokens"] / max(s["seconds"], 1e-9),
-        "final_loss": s["final_loss"], "eval": evals,
+        "final_loss": s["final_loss"], "skipped": s.get("skipped", 0), "eval": evals,
     }

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import torch
 
 from model.gpt import GPT
-from train.config import PhaseConfig, RunConfig, parse_aux
-from train.data import (TokenStream, conversations, embedded_pretraining, parse_conversation, parse_prompt,
-                        read_documents, read_jsonl, split_held_out)
+from train.config import ConfigError, PhaseConfig, RunConfig, parse_aux
+from train.data import (TokenStream, conversations, embedded_pretraining, fit_context, parse_conversation,
+                        parse_prompt, read_documents, read_jsonl, split_held_out)
+from train.distributed import SINGLE, Dist
 from train.evaluate import eval_loss, task_accuracy
 from train.mix import MixedObjective, MixedSource
 from train.objectives import make_objective
@@ -30,6 +31,7 @@ class Context:
     tok: Tokenizer
     task: ArithmeticTask
     out_dir: str
+    dist: Dist = SINGLE  # training sources hand each rank its share of a step; held-out sets are whole
 
     @property
     def seq_len(self) -> int:
@@ -49,15 +51,26 @@ class Phase:
         return self.start + self.cfg.steps
 
 
-def _user_items(p: PhaseConfig) -> tuple[list, list]:
-    """A user's SFT conversations or RL prompts, split into (train, held-out)."""
+def _user_items(p: PhaseConfig, ctx: Context | None = None) -> tuple[list, list]:
+    """A user's SFT conversations or RL prompts, split into (train, held-out). With `ctx`, items whose
+    prompt leaves no room in the context are dropped first (data.fit_context)."""
     parse = parse_conversation if p.objective == "sft" else parse_prompt
-    return split_held_out(read_jsonl(p.data, parse), p.data)
+    items = read_jsonl(p.data, parse)
+    if ctx is not None:
+        def prompt_len(item) -> int:
+            if p.objective == "grpo":
+                return len(ctx.tok.render_prompt(item[0]))
+            first = next(i for i, m in enumerate(item) if m["role"] == "assistant")  # the turns before it
+            return len(ctx.tok.render_prompt(item[:first]))
+
+        room = ctx.seq_len - (p.max_new_tokens if p.objective == "grpo" else 0)
+        items = fit_context(items, prompt_len, room, p.data)
+    return split_held_out(items, p.data)
 
 
 def make_sources(p: PhaseConfig, ctx: Context):
     """(training source, held-out evaluators {name: fn(model) -> metrics}) for phase `p`."""
-    tok, task, T, seed = ctx.tok, ctx.task, ctx.seq_len, ctx.cfg.seed
+    tok, task, T, seed, dist = ctx.tok, ctx.task, ctx.seq_len, ctx.cfg.seed, ctx.dist
     token_bytes = torch.tensor(tok.token_bytes() + [0] * (ctx.cfg.model.vocab_size - tok.n_vocab))
 
     def loss_eval(source):
@@ -66,23 +79,23 @@ def make_sources(p: PhaseConfig, ctx: Context):
 
     if p.objective == "pretrain":
         if p.data == "embedded":
-            train = embedded_pretraining(task, tok, p.mix, seed, "train", T)
+            train = embedded_pretraining(task, tok, p.mix, seed, "train", T, dist)
             return train, loss_eval(embedded_pretraining(task, tok, p.mix, seed, "eval", T))
-        train = TokenStream(p.data, tok, T, os.path.join(ctx.out_dir, "data"))
+        train = TokenStream(p.data, tok, T, os.path.join(ctx.out_dir, "data"), dist)
         return train, loss_eval(train)
     if p.objective == "sft":
         if p.data == "embedded":
-            return (conversations(lambda i: task.conversation("train", i), tok, T),
+            return (conversations(lambda i: task.conversation("train", i), tok, T, dist=dist),
                     loss_eval(conversations(lambda i: task.conversation("eval", i), tok, T)))
-        train, held = _user_items(p)
-        return (conversations(train.__getitem__, tok, T, len(train)),
+        train, held = _user_items(p, ctx)
+        return (conversations(train.__getitem__, tok, T, len(train), dist),
                 loss_eval(conversations(held.__getitem__, tok, T, len(held))))
     reward = get_reward(p.reward)
     if p.data == "embedded":  # held out: the run's task evaluation already asks these problems
-        return RolloutSource(p, tok, lambda i: task.prompt("train", i), reward, None, seed), {}
-    train, held = _user_items(p)
+        return RolloutSource(p, tok, lambda i: task.prompt("train", i), reward, None, seed, dist), {}
+    train, held = _user_items(p, ctx)
     t = ctx.cfg.task
-    return RolloutSource(p, tok, train.__getitem__, reward, len(train), seed), {
+    return RolloutSource(p, tok, train.__getitem__, reward, len(train), seed, dist), {
         p.name: lambda model: task_accuracy(model, tok, held, reward, max_new_tokens=p.max_new_tokens,
                                             pass_k=t.pass_k, seed=seed)
     }
@@ -108,6 +121,10 @@ def task_eval(ctx: Context) -> Callable[[GPT], dict]:
     """Task accuracy on held-out problems, greedy and pass@k, through the KV-cache sampler."""
     t = ctx.cfg.task
     problems = [ctx.task.prompt("eval", i) for i in range(t.eval_problems)]
+    longest = max(len(ctx.tok.render_prompt(m)) for m, _ in problems)
+    if longest + t.max_new_tokens > ctx.seq_len:
+        raise ConfigError(f"task.max_new_tokens={t.max_new_tokens} does not fit: held-out prompts take up to {longest} "
+                          f"tokens of model.seq_len={ctx.seq_len}; lower it or raise model.seq_len")
     reward = get_reward("arithmetic")
     return lambda model: task_accuracy(
         model, ctx.tok, problems, reward, max_new_tokens=t.max_new_tokens, pass_k=t.pass_k, seed=ctx.cfg.seed

@@ -39,20 +39,26 @@ def fmt_num(x: float) -> str:
 
 
 class RunLog:
-    def __init__(self, out_dir: str, total_steps: int, config: dict, use_wandb: bool, resume_step: int = 0):
-        self.out_dir, self.total = out_dir, total_steps
+    """Everything a run reports. Under torchrun only rank 0's log is `main`; the others' are silent (no
+    console, no files, no wandb), so the loop reports unconditionally."""
+
+    def __init__(self, out_dir: str, total_steps: int, config: dict, use_wandb: bool, resume_step: int = 0,
+                 main: bool = True):
+        self.out_dir, self.total, self.main = out_dir, total_steps, main
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.records: list[dict] = []
-        if resume_step and os.path.exists(self.path):  # drop lines logged after the checkpoint we resume from
+        if main and resume_step and os.path.exists(self.path):  # drop lines logged after the checkpoint we resume from
             with open(self.path) as f:
                 self.records = [r for r in map(json.loads, f) if r["step"] <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.records)
         self.start, self.start_step = time.time(), resume_step
         self.tty = sys.stdout.isatty()
-        self.wandb = _wandb(config, out_dir) if use_wandb else None
+        self.wandb = _wandb(config, out_dir) if use_wandb and main else None
 
     def write(self, record: dict) -> None:
+        if not self.main:
+            return
         self.records.append(record)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -79,7 +85,7 @@ class RunLog:
         self._print(f"{'eval':<10} step {step:>5}/{self.total} | after {phase} | {body}")
 
     def progress(self, step: int, phase: str) -> None:
-        if not self.tty:
+        if not self.tty or not self.main:
             return
         n = 30
         filled = int(n * step / max(self.total, 1))
@@ -87,11 +93,15 @@ class RunLog:
         sys.stdout.flush()
 
     def _print(self, line: str) -> None:
+        if not self.main:
+            return
         if self.tty:
             sys.stdout.write("\r\033[K")
         print(line, flush=True)
 
     def finish(self, summary: dict) -> None:
+        if not self.main:
+            return
         with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print_summary(summary)

@@ -3,7 +3,8 @@
 Per rollout batch (every `mu` steps):
     1. take P = batch_size / group_size prompts and sample G = group_size completions of each with the
        KV-cache sampler (temperature, top-k, max_new_tokens, stop at <|end|>)
-    2. score each completion with the phase's reward function (a plain callable registered by name)
+    2. score each completion with the phase's reward function (a plain callable registered by name): one
+       finite number (RewardError otherwise), clamped into [reward_min, reward_max] and counted when it had to be
     3. group advantages A = (r − mean_group) / (max(std_group, std_floor) + eps), or r − mean_group when
        scale_std is off (Dr. GRPO); groups whose rewards are all equal get A = 0 and are counted
     4. rows = prompt + completion, right-padded; targets are the completion tokens only
@@ -13,10 +14,18 @@ Per rollout batch (every `mu` steps):
        phase starts) scored once, micro-batch by micro-batch, with the same function and the same
        micro-batch shapes as the training pass, so on the first pass the ratio is exactly 1
 Then `mu` optimiser steps reuse that batch; each is Σ_t w_t·(−min(ratio·A, clip(ratio)·A) + beta·k3).
+
+Data parallel (train/distributed.py): a step's P prompts are the global indices [cursor, cursor + P) and
+rank r samples the groups of its contiguous share of them, so a group never spans ranks and advantages stay
+local. Completion j of prompt i is sampled from its own seed (run seed, phase, i, j), so it is the same at
+any world size. The totals behind the token weights (completions, completion tokens, longest row) and the
+rollout metrics are all-reduced, so a rank's weights and loss are its share of the global ones; old and
+reference log-probs are scored locally.
 """
 from __future__ import annotations
 
 import copy
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -25,9 +34,12 @@ import torch
 from kernels import group_advantages, grpo_token_weights, linear_grpo_loss, linear_token_logprobs
 from model.gpt import GPT
 from model.sampler import generate
+from train import distributed
 from train.config import PhaseConfig
-from train.data import IGNORE, Batch
+from train.data import IGNORE, Batch, DataError
+from train.distributed import SINGLE, Dist
 from train.objectives import loss_backend
+from train.tasks import checked_reward
 from train.tokenizer import Tokenizer
 
 
@@ -39,7 +51,7 @@ class RolloutBatch(Batch):
     ref_logp: torch.Tensor | None = None  # (B, T) fp32 reference log-probs, None when beta == 0
     advantages: torch.Tensor | None = None  # (B, T) fp32 the completion's advantage on each of its tokens
     weights: torch.Tensor | None = None  # (B, T) fp32 aggregation weights (sum over the step = the loss)
-    info: dict = field(default_factory=dict)  # rollout metrics, carried by the first micro-batch only
+    info: dict = field(default_factory=dict)  # rollout metrics (global), on rank 0's first micro-batch only
 
 
 def completion_logprobs(model: GPT, batch: Batch, temperature: float) -> torch.Tensor:
@@ -55,15 +67,15 @@ def completion_logprobs(model: GPT, batch: Batch, temperature: float) -> torch.T
 class RolloutSource:
     """Generates, scores and packs GRPO rollouts; reuses each rollout batch for `mu` optimiser steps."""
 
-    def __init__(self, p: PhaseConfig, tok: Tokenizer, prompt, reward_fn, count: int | None, seed: int):
+    def __init__(self, p: PhaseConfig, tok: Tokenizer, prompt, reward_fn, count: int | None, seed: int,
+                 dist: Dist = SINGLE):
         self.p, self.tok, self.prompt, self.reward_fn, self.count = p, tok, prompt, reward_fn, count
-        self.seed = seed
-        self.cursor = 0  # next prompt index
-        self.generator: torch.Generator | None = None
+        self.seed, self.dist = seed, dist
+        self.cursor = 0  # next global prompt index (the same on every rank)
         self.ref: GPT | None = None  # frozen snapshot of the policy at the start of the phase (beta > 0)
-        self.buffer: list[RolloutBatch] | None = None
+        self.buffer: list[RolloutBatch] | None = None  # this rank's micro-batches of the current rollout batch
         self.passes_left = 0
-        self._pending_state: dict | None = None
+        self._pending_ref: dict | None = None
 
     # ----------------------------------------------------------------------------------- one step
     def next_step(self, rows: int, micro_rows: int, model: GPT) -> list[RolloutBatch]:
@@ -74,43 +86,50 @@ class RolloutSource:
         return self.buffer
 
     def _materialise(self, model: GPT) -> None:
-        """Create (or restore from a checkpoint) the sampling generator and the reference snapshot."""
-        device = model.wte.weight.device
-        if self.generator is None:
-            self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        """Create (or restore from a checkpoint) the reference snapshot."""
         if self.p.beta > 0 and self.ref is None:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
-        if self._pending_state is not None:
-            s, self._pending_state = self._pending_state, None
-            self.generator.set_state(s["generator"])
-            if self.ref is not None and s["ref"] is not None:
-                self.ref.load_state_dict(s["ref"])
+        if self._pending_ref is not None:
+            ref, self._pending_ref = self._pending_ref, None
+            if self.ref is not None:
+                self.ref.load_state_dict(ref)
 
     @torch.no_grad()
     def rollout(self, model: GPT, rows: int, micro_rows: int) -> list[RolloutBatch]:
-        p, tok, G = self.p, self.tok, self.p.group_size
+        """This rank's share of a rollout batch of `rows` completions (all ranks), in micro-batches."""
+        p, tok, G, dist = self.p, self.tok, self.p.group_size, self.dist
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
-        items = [self.prompt(self._index(i)) for i in range(self.cursor, self.cursor + rows // G)]
-        self.cursor += len(items)
+        share = rows // G // dist.world_size  # prompts of this rank
+        mine = range(self.cursor + dist.rank * share, self.cursor + (dist.rank + 1) * share)  # global indices
+        items = [self.prompt(self._index(i)) for i in mine]
+        self.cursor += rows // G
         prompts = [tok.render_prompt(msgs) for msgs, _ in items for _ in range(G)]  # group-major
+        longest = max(map(len, prompts))
+        if longest + p.max_new_tokens > model.cfg.seq_len:
+            raise DataError(f"{p.name}: a prompt of {longest} tokens leaves no room for {p.name}.max_new_tokens="
+                            f"{p.max_new_tokens} in model.seq_len={model.cfg.seq_len}; lower one or raise the other")
         completions = generate(model, prompts, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
-                               top_k=p.top_k or None, stop_id=tok.end, pad_id=tok.pad, generator=self.generator)
+                               top_k=p.top_k or None, stop_id=tok.end, pad_id=tok.pad,
+                               seeds=[self._seed(i, j) for i in mine for j in range(G)])
         t_gen = time.perf_counter() - t0
-        rewards = torch.tensor([self.score(tok.completion_text(c), items[i // G][1]) for i, c in enumerate(completions)])
+        texts = [tok.completion_text(c) for c in completions]
+        raw = [self.score(text, items[i // G][1]) for i, text in enumerate(texts)]
+        rewards = torch.tensor([min(max(r, p.reward_min), p.reward_max) for r in raw])  # clamped into range
         adv = group_advantages(rewards, G, scale_std=p.scale_std, std_floor=p.std_floor, backend="reference")
 
-        # rows: prompt + completion, right-padded; the target at position t is token t+1
-        L = max(len(a) + len(b) for a, b in zip(prompts, completions))
+        # rows: prompt + completion, right-padded to the longest row of any rank (the shapes one process
+        # would use); the target at position t is token t+1
+        L = distributed.all_reduce(max(len(a) + len(b) for a, b in zip(prompts, completions)), "max")
         ids = torch.full((len(prompts), L), tok.pad, dtype=torch.long)
         targets = torch.full((len(prompts), L - 1), IGNORE, dtype=torch.long)
         for i, (a, b) in enumerate(zip(prompts, completions)):
             ids[i, : len(a) + len(b)] = torch.tensor(a + b)
             targets[i, len(a) - 1 : len(a) + len(b) - 1] = torch.tensor(b)
         idx, mask = ids[:, :-1], targets != IGNORE
-        n_tokens = int(mask.sum())
-        weights = grpo_token_weights(mask, p.loss_type, num_sequences=len(prompts), num_tokens=n_tokens,
+        n_tokens = distributed.all_reduce(int(mask.sum()))  # completion tokens of the whole step, every rank
+        weights = grpo_token_weights(mask, p.loss_type, num_sequences=rows, num_tokens=n_tokens,
                                      max_len=max(p.max_new_tokens, L - 1))
         token_adv = adv.advantages[:, None].expand_as(targets) * mask
 
@@ -126,43 +145,98 @@ class RolloutSource:
             batches.append(b)
         model.train(was_training)
 
-        correct = (rewards >= 1.0).float()
-        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float32)
-        batches[0].info = {
-            "reward": float(rewards.mean()),
-            "accuracy": float(correct.mean()),
-            f"pass@{G}": float(correct.view(-1, G).amax(dim=1).mean()),
-            "zero_std": float(adv.zero_var.float().mean()),
-            "length": float(lengths.mean()),
-            "rollout_s": time.perf_counter() - t0,
-            "rollout_tok_s": float(lengths.sum()) / t_gen,
+        correct = (rewards >= 1.0).double()
+        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float64)
+        # completions that hit max_new_tokens without <|end|>; with nothing before the stop (they are scored
+        # as usual and train on their stop token only); with a reward the clamp above changed
+        truncated = sum(len(c) == p.max_new_tokens and c[-1] != tok.end for c in completions)
+        empty = sum(text == "" for text in texts)
+        out_of_range = sum(not p.reward_min <= r <= p.reward_max for r in raw)
+        # sums over every rank's completions (and groups), divided by the global counts
+        sums = distributed.all_reduce(torch.stack([
+            rewards.double().sum(), correct.sum(), correct.view(-1, G).amax(dim=1).sum(),
+            adv.zero_var.double().sum(), lengths.sum(),
+            *torch.tensor([truncated, empty, out_of_range], dtype=torch.float64)])).tolist()
+        groups = rows // G
+        info = {
+            "reward": sums[0] / rows,
+            "accuracy": sums[1] / rows,
+            f"pass@{G}": sums[2] / groups,
+            "zero_std": sums[3] / groups,
+            "length": sums[4] / rows,
+            "truncated": sums[5] / rows,
+            "empty": sums[6] / rows,
+            "reward_out_of_range": sums[7] / rows,
+            "rollout_s": distributed.all_reduce(time.perf_counter() - t0, "max"),  # the slowest rank's
+            "rollout_tok_s": sums[4] / distributed.all_reduce(t_gen, "max"),
         }
+        if dist.is_main:  # once per step: the loop sums metrics over micro-batches and ranks
+            batches[0].info = info
         return batches
 
     def score(self, completion: str, answer: str) -> float:
-        r = self.reward_fn(completion, answer)
-        if not isinstance(r, (int, float)):
-            raise TypeError(f"reward function returned {r!r} for one completion; it must return one float")
-        return float(r)
+        return checked_reward(self.reward_fn, completion, answer)  # RewardError unless one finite number
 
     def _index(self, i: int) -> int:
         return i % self.count if self.count else i
 
+    def _seed(self, i: int, j: int) -> int:
+        """Sampling seed of completion j of global prompt i: the same whatever rank or batch samples it."""
+        return random.Random(f"{self.seed}/{self.p.name}/{i}/{j}").getrandbits(63)
+
     # ----------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict:
+        """Position, reference snapshot and, between the `mu` passes over a rollout batch, that batch as one
+        dict of tensors over the global rows in rank order, so any world size can resume it. Collective
+        under torchrun: every rank calls it (the trainer does) and rank 0's is the one saved."""
+        buffer = None
+        if self.passes_left:
+            shards = distributed.gather(_rows(self.buffer))
+            buffer = None if shards is None else _cat(shards)
         return {
             "cursor": self.cursor,
             "passes_left": self.passes_left,
-            "buffer": [b.to("cpu") for b in self.buffer] if self.buffer else None,
-            "generator": self.generator.get_state() if self.generator is not None else None,
+            "buffer": buffer,
             "ref": self.ref.state_dict() if self.ref is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.cursor, self.passes_left, self.buffer = state["cursor"], state["passes_left"], state["buffer"]
-        # if the phase had started, its generator and reference snapshot are restored on the next step,
-        # once the model they belong with is at hand
-        self._pending_state = state if state["generator"] is not None else None
+        self.cursor, self.passes_left = state["cursor"], state["passes_left"]
+        self.buffer = None
+        if state["buffer"] is not None:  # this rank's slice of the global rows, in its micro-batches
+            buf, (rank, world) = state["buffer"], (self.dist.rank, self.dist.world_size)
+            share = buf["idx"].size(0) // world
+            mine = {k: buf[k][rank * share : (rank + 1) * share] for k in ROW_FIELDS if k in buf}
+            info = buf["info"] if self.dist.is_main else {}
+            self.buffer = _batches(mine | {"normaliser": buf["normaliser"], "info": info}, self.p.micro_batch_size)
+        # if the phase had started, its reference snapshot is restored on the next step, once the model it
+        # belongs with is at hand
+        self._pending_ref = state["ref"]
+
+
+ROW_FIELDS = ("idx", "targets", "doc_ids", "old_logp", "ref_logp", "advantages", "weights")  # (B, T) each
+
+
+def _rows(batches: list[RolloutBatch]) -> dict:
+    """Micro-batches -> one dict of CPU tensors over all their rows, with the step's normaliser and rollout
+    metrics: a rollout batch as a checkpoint holds it."""
+    return _cat([{k: getattr(b, k).cpu() for k in ROW_FIELDS if getattr(b, k) is not None}
+                 | {"normaliser": b.normaliser, "info": b.info} for b in batches])
+
+
+def _cat(parts: list[dict]) -> dict:
+    """Row dicts (e.g. one per rank, in rank order) -> one over all their rows."""
+    out = {k: torch.cat([part[k] for part in parts]) for k in ROW_FIELDS if k in parts[0]}
+    info = {k: v for part in parts for k, v in part["info"].items()}
+    return out | {"normaliser": parts[0]["normaliser"], "info": info}
+
+
+def _batches(rows: dict, micro_rows: int) -> list[RolloutBatch]:
+    """A row dict -> micro-batches of `micro_rows` rows, the rollout metrics on the first."""
+    out = [RolloutBatch(**{k: rows[k][s : s + micro_rows] for k in ROW_FIELDS if k in rows},
+                        normaliser=rows["normaliser"]) for s in range(0, rows["idx"].size(0), micro_rows)]
+    out[0].info = dict(rows["info"])
+    return out
 
 
 class GRPOObjective:
@@ -181,7 +255,7 @@ class GRPOObjective:
             temperature=p.temperature, eps_low=p.eps_low, eps_high=p.eps_high, beta=p.beta,
             return_entropy=True, backend=loss_backend(model),
         )
-        n = b.normaliser  # completion tokens in the whole step: the shares below add up to step means
+        n = max(b.normaliser, 1.0)  # completion tokens in the whole step: the shares below add up to step means
         metrics = {
             "loss": loss.detach(),
             "kl": 0.0 if st.kl_sum is None else float(st.kl_sum) / n,

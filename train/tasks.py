@@ -16,11 +16,15 @@ problem can be regenerated from its index alone (a data position is one integer)
 assigned to a split by a CRC of its text, and a generator rejects pairs of the other split, so the train and
 eval splits are disjoint by construction, not by luck.
 
-Rewards parse strictly with a regular expression (never `eval`) and return 0.0 on anything malformed.
+Rewards parse strictly with a regular expression (never `eval`) and return 0.0 on anything malformed; the
+built-in ones return 0.0 or 1.0. A reward function's result must be one finite number (RewardError
+otherwise); GRPO clamps it into the phase's [reward_min, reward_max], [0, 1] by default, and logs how often
+it had to.
 """
 from __future__ import annotations
 
 import math
+import numbers
 import random
 import re
 import zlib
@@ -157,6 +161,20 @@ RewardFn = Callable[[str, str], float]
 REWARDS: dict[str, RewardFn] = {}
 
 
+class RewardError(ValueError):
+    """A reward function returned something other than one finite number (printed as one line by the CLI)."""
+
+
+def checked_reward(fn: RewardFn, completion: str, answer: str) -> float:
+    """fn(completion, answer) as a float; RewardError naming the function and the completion otherwise."""
+    r = fn(completion, answer)
+    if not isinstance(r, numbers.Real) or not math.isfinite(r):  # bools and NumPy floats are Real
+        name = getattr(fn, "__name__", repr(fn))
+        raise RewardError(f"reward function {name} returned {r!r} for completion {completion[:60]!r}; it must "
+                          f"return one finite number")
+    return float(r)
+
+
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     """Register `fn(completion_text, answer) -> float` under `name` (phases pick rewards by name)."""
 
@@ -202,4 +220,6 @@ def numeric_reward(completion: str, answer: str) -> float:
     if m is None or ref is None:
         return 0.0
     x, y = float(m.group(1)), float(ref.group(1))
+    if not (math.isfinite(x) and math.isfinite(y)):  # hundreds of digits overflow to inf; compare the text
+        return float(m.group(1) == ref.group(1))
     return float(abs(x - y) <= 1e-6 * max(1.0, abs(y)))

@@ -34,6 +34,10 @@ SPECIAL_TOKENS = ("<|bos|>", "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>")
 ROLES = ("user", "assistant")
 
 
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be used (printed as one line by the CLI)."""
+
+
 @dataclass
 class Rendered:
     ids: list[int]
@@ -79,10 +83,21 @@ class Tokenizer:
 
     @classmethod
     def loads(cls, text: str, source: str = "tokenizer") -> Tokenizer:
-        data = json.loads(text)
-        if tuple(data["special"]) != SPECIAL_TOKENS:
-            raise ValueError(f"{source}: special tokens {data['special']} differ from this version's {SPECIAL_TOKENS}")
-        return cls(data["name"], data["pattern"], {base64.b64decode(b): r for b, r in data["ranks"]})
+        try:
+            data = json.loads(text)
+            special, name, pattern = data["special"], data["name"], data["pattern"]
+            ranks = {base64.b64decode(b, validate=True): int(r) for b, r in data["ranks"]}
+        except (ValueError, KeyError, TypeError) as e:
+            raise TokenizerError(f"{source}: not a tokenizer.json written by tritium ({type(e).__name__}: "
+                                 f"{str(e)[:80]})") from None
+        if not isinstance(special, list) or tuple(special) != SPECIAL_TOKENS:
+            raise TokenizerError(f"{source}: special tokens {special} differ from this version's {SPECIAL_TOKENS}")
+        if sorted(ranks.values()) != list(range(len(ranks))):
+            raise TokenizerError(f"{source}: token ranks must be 0..{len(ranks) - 1}, each once")
+        try:
+            return cls(name, pattern, ranks)
+        except (ValueError, TypeError) as e:  # tiktoken refuses the pattern or the ranks
+            raise TokenizerError(f"{source}: tiktoken cannot build it ({str(e)[:80]})") from None
 
     def save(self, path: str) -> None:
         with open(path + ".tmp", "w") as f:
@@ -93,8 +108,12 @@ class Tokenizer:
     def load(cls, path: str) -> Tokenizer:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        with open(path) as f:
-            return cls.loads(f.read(), path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TokenizerError(f"cannot read tokenizer {path}: {e}") from None
+        return cls.loads(text, path)
 
     # ----------------------------------------------------------------------------------------- encoding
     @property
