@@ -175,13 +175,15 @@ class Trainer:
         # every rank's shares: global values
         metrics = distributed.sum_metrics({"tokens": tokens, "total_loss": total_loss, **metrics})
         tokens, total_loss = int(metrics.pop("tokens")), metrics.pop("total_loss")
+        # the norm and the clip as two calls (not clip_grad_norm_, which would spread a NaN over every
+        # gradient and hide the parameter that went bad); the norm is taken even without clipping
         grads = [(name, q.grad) for name, q in self.model.named_parameters() if q.grad is not None]
-        norm = _grad_norm([g for _, g in grads])
+        norm = torch.nn.utils.get_total_norm([g for _, g in grads])
         metrics["grad_norm"] = float(norm)
         fault = _fault(total_loss, metrics["grad_norm"], grads)  # checked before any update
         if fault is None:
             if self.cfg.optim.grad_clip > 0:
-                _clip(grads, norm, self.cfg.optim.grad_clip)
+                torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.cfg.optim.grad_clip, norm)
             self.opt.step()
             self.bad_steps = 0
         else:  # no update; the step still counts, so the LR schedule and the data position move on
@@ -305,20 +307,6 @@ def _fault(loss: float, norm: float, grads: list[tuple[str, torch.Tensor]]) -> s
         return None
     name = next((n for n, g in grads if not torch.isfinite(g).all()), None)
     return f"the gradient of {name} is not finite" if name else f"the gradient norm is {norm}"
-
-
-def _grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The global L2 norm of all gradients (computed even without clipping: it is how a bad one is caught)."""
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach(), 2.0) for g in grads]), 2.0)
-
-
-def _clip(grads: list[tuple[str, torch.Tensor]], norm: torch.Tensor, max_norm: float) -> None:
-    """Scale every gradient by min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ does."""
-    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-    for _, g in grads:
-        g.detach().mul_(coef.to(g.device))
 
 
 def _state(objective) -> dict:
