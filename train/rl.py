@@ -134,15 +134,13 @@ class RolloutSource:
         token_adv = adv.advantages[:, None].expand_as(targets) * mask
 
         device = model.wte.weight.device
-        batches = []
-        for s in range(0, len(prompts), micro_rows):
-            sl = slice(s, s + micro_rows)
-            b = RolloutBatch(idx[sl], targets[sl], torch.zeros_like(idx[sl], dtype=torch.int32),
-                             normaliser=float(n_tokens), advantages=token_adv[sl], weights=weights[sl]).to(device)
+        flat = {"idx": idx, "targets": targets, "doc_ids": torch.zeros_like(idx, dtype=torch.int32),
+                "advantages": token_adv, "weights": weights, "normaliser": float(n_tokens), "info": {}}
+        batches = [b.to(device) for b in _batches(flat, micro_rows)]
+        for b in batches:
             b.old_logp = completion_logprobs(model, b, p.temperature)
             if self.ref is not None:
                 b.ref_logp = completion_logprobs(self.ref, b, p.temperature)
-            batches.append(b)
         model.train(was_training)
 
         correct = (rewards >= 1.0).double()
