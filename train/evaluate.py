@@ -7,7 +7,8 @@ tokenizer, so runs with different vocabularies compare.
 Task accuracy: greedy decoding (temperature 0) of each held-out prompt, scored by the task's reward
 (exact match of the parsed answer); pass@k: k samples per prompt at temperature 1, the fraction of prompts
 with at least one correct sample; sampled: the mean reward of those samples (accuracy of one sample at
-temperature 1, the quantity GRPO optimises).
+temperature 1, the quantity GRPO optimises); length: the mean greedy completion in tokens (shows a change of
+answer style, such as GRPO moving from bare answers to worked ones).
 """
 from __future__ import annotations
 
@@ -61,25 +62,28 @@ def task_accuracy(
     prompts = [tok.render_prompt(m) for m, _ in problems]
     answers = [a for _, a in problems]
 
-    def score(temperature: float, repeats: int, generator) -> list[list[float]]:
+    def score(temperature: float, repeats: int, generator) -> tuple[list[list[float]], float]:
+        """(rewards per prompt, mean completion length in tokens, the stop token included)"""
         rows = [(i, p) for i, p in enumerate(prompts) for _ in range(repeats)]
         rewards: list[list[float]] = [[] for _ in prompts]
+        lengths = []
         for s in range(0, len(rows), batch_size):
             chunk = rows[s : s + batch_size]
             outs = generate(
                 model, [p for _, p in chunk], max_new_tokens=max_new_tokens, temperature=temperature,
                 stop_id=tok.end, pad_id=tok.pad, generator=generator,
             )
+            lengths.extend(map(len, outs))
             for (i, _), out in zip(chunk, outs):
                 rewards[i].append(reward_fn(tok.completion_text(out), answers[i]))
-        return rewards
+        return rewards, sum(lengths) / len(lengths)
 
-    greedy = score(0.0, 1, None)
-    result = {"accuracy": sum(r[0] for r in greedy) / len(problems)}
+    greedy, length = score(0.0, 1, None)
+    result = {"accuracy": sum(r[0] for r in greedy) / len(problems), "length": length}
     if pass_k > 0:
         device = model.wte.weight.device
         gen = torch.Generator(device=device).manual_seed(seed)
-        sampled = score(1.0, pass_k, gen)
+        sampled, _ = score(1.0, pass_k, gen)
         result[f"pass@{pass_k}"] = sum(max(r) > 0 for r in sampled) / len(problems)
         result["sampled"] = sum(sum(r) for r in sampled) / (pass_k * len(problems))  # accuracy of one T=1 sample
     return result
