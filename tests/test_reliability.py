@@ -390,6 +390,7 @@ def test_every_kind_of_config_field_is_checked():
         "task.digits": ("13", "task.digits=13 must be between 1 and 12"),
         "task.ops": ("/", "task.ops='/' must be a non-empty subset of '+-*'"),
         "task.eval_problems": ("0", "task.eval_problems=0 must be > 0"),
+        "task.direct": ("1.5", "task.direct=1.5 must be in [0, 1]"),
         "pretrain.steps": ("1.5", "--pretrain.steps='1.5': expected an integer"),
         "pretrain.min_lr_ratio": ("2", "pretrain.min_lr_ratio=2.0 must be in [0, 1]"),
         "pretrain.name": ("pre train", "phase name 'pre train' must be letters, digits, _ or -"),

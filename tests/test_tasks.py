@@ -32,6 +32,22 @@ def test_worked_columns():
     assert Problem(345, 7, "*").worked == "5*7=35, 4*7+3=31, 3*7+3=24. Answer: 2415"
 
 
+def test_direct_share_of_demonstrations():
+    """`direct` is the share of conversations answered with the final line alone; each is scored correct, and
+    the choice is a function of (seed, split, index) like the problem itself."""
+    t = ArithmeticTask(digits=3, direct=0.5, seed=1)
+    replies = [t.conversation("train", i)[1]["content"] for i in range(2000)]
+    bare = [r for r in replies if "=" not in r]
+    assert 900 < len(bare) < 1100  # Binomial(2000, 0.5): ±100 is 4.5 standard deviations
+    assert replies == [ArithmeticTask(digits=3, direct=0.5, seed=1).conversation("train", i)[1]["content"]
+                       for i in range(2000)]
+    for i, r in enumerate(replies[:200]):
+        p = t.problem("train", i)
+        assert r == (f"Answer: {p.answer}" if r in bare else p.worked) and arithmetic_reward(r, str(p.answer)) == 1.0
+    assert all("Answer:" in ArithmeticTask(direct=0.0).conversation("eval", i)[1]["content"] for i in range(100))
+    assert all("=" not in ArithmeticTask(direct=1.0).conversation("eval", i)[1]["content"] for i in range(100))
+
+
 @pytest.mark.parametrize("completion", ["", "Answer:", "Answer: ", "Answer: 62", "Answer: 623 and more",
                                         "Answer: 623. Answer: 623", "answer: 623", "Answer: six", None, 623,
                                         "Answer: 623\x00", "Answer: __import__('os')"])
@@ -50,3 +66,5 @@ def test_other_rewards():
 def test_bad_knobs():
     with pytest.raises(ValueError, match="ops"):
         ArithmeticTask(ops="/")
+    with pytest.raises(ValueError, match="direct"):
+        ArithmeticTask(direct=1.5)

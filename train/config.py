@@ -69,6 +69,7 @@ class OptimConfig:
 class TaskConfig:
     digits: int = 3  # operands have 1..digits digits
     ops: str = "+-"  # operations, a subset of "+-*"
+    direct: float = 0.0  # share of chat demonstrations (pretraining chat documents, SFT) without the worked columns
     eval_problems: int = 200  # held-out problems for task accuracy
     max_new_tokens: int = 48  # generation budget when evaluating task accuracy
     pass_k: int = 4  # samples per problem for pass@k (0 disables)
@@ -76,6 +77,7 @@ class TaskConfig:
     def __post_init__(self):
         _check(self, "task.", "digits", 1 <= self.digits <= 12, "between 1 and 12")
         _check(self, "task.", "ops", bool(self.ops) and set(self.ops) <= set(OPS), f"a non-empty subset of {OPS!r}")
+        _check(self, "task.", "direct", 0 <= self.direct <= 1, "in [0, 1]")
         _positive(self, "task.", "eval_problems", "max_new_tokens")
         _nonnegative(self, "task.", "pass_k")
 
@@ -209,6 +211,9 @@ def _default() -> RunConfig:
         preset="default",
         model=GPTConfig(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, seq_len=256),
         optim=OptimConfig(lr=3e-3),
+        # half the chat demonstrations give the answer without the columns: GRPO's job is to learn that working
+        # them pays (README, "The default curriculum")
+        task=TaskConfig(direct=0.5, eval_problems=500),
         phases=[
             PhaseConfig(name="pretrain", objective="pretrain", mix="facts=1,worked=2,chat=2", steps=400,
                         batch_size=16),

@@ -107,7 +107,7 @@ def _train(cfg: RunConfig, state: dict | None, out_dir: str, dist: Dist) -> dict
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    task = ArithmeticTask(cfg.task.digits, cfg.task.ops, cfg.seed)
+    task = ArithmeticTask(cfg.task.digits, cfg.task.ops, cfg.seed, cfg.task.direct)
     tok_path = os.path.join(out_dir, "tokenizer.json")
     with distributed.main_first(dist):  # rank 0 trains the tokenizer; the others read what it saved
         if state:

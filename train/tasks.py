@@ -3,7 +3,8 @@
 One task family, three views of it:
     pretraining documents  - worked problems and plain sentences about numbers (text), plus problems already
                              in the chat format so a base model has seen the turn tokens
-    SFT conversations      - user asks "What is 345+278?", assistant answers with the worked columns
+    SFT conversations      - user asks "What is 345+278?", assistant answers with the worked columns, or
+                             (a `direct` share of them, chat pretraining documents too) with the final line alone
     RL prompts             - the same question, with the integer answer that the reward checks
 
 Worked answers go column by column from the units, carrying (or borrowing) as a person does on paper:
@@ -58,8 +59,10 @@ class Problem:
     def worked(self) -> str:
         return ", ".join(_columns(self.a, self.b, self.op)) + f". Answer: {self.answer}"
 
-    def messages(self) -> list[dict]:
-        return [{"role": "user", "content": self.question}, {"role": "assistant", "content": self.worked}]
+    def messages(self, direct: bool = False) -> list[dict]:
+        """The question and its reply: the worked columns, or with `direct` the final line alone."""
+        reply = f"Answer: {self.answer}" if direct else self.worked
+        return [{"role": "user", "content": self.question}, {"role": "assistant", "content": reply}]
 
 
 def _digits(n: int) -> list[int]:
@@ -98,8 +101,11 @@ class ArithmeticTask:
     digits: int = 3  # operands have 1..digits digits (the multiplier of '*' is one digit)
     ops: str = "+-"  # which operations appear, a subset of "+-*"
     seed: int = 0
+    direct: float = 0.0  # share of chat demonstrations that give the final line alone, without the columns
 
     def __post_init__(self):
+        if not 0 <= self.direct <= 1:
+            raise ValueError(f"task direct={self.direct} must be in [0, 1]")
         if not 1 <= self.digits <= 12:
             raise ValueError(f"task digits={self.digits} must be in 1..12")
         if not self.ops or set(self.ops) - set(OPS):
@@ -141,7 +147,8 @@ class ArithmeticTask:
         return f"{p.expression}: {p.worked}"
 
     def conversation(self, split: str, index: int) -> list[dict]:
-        return self.problem(split, index).messages()
+        direct = random.Random(f"{self.seed}/{split}/style/{index}").random() < self.direct
+        return self.problem(split, index).messages(direct)
 
     def prompt(self, split: str, index: int) -> tuple[list[dict], str]:
         p = self.problem(split, index)
