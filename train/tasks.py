@@ -56,12 +56,16 @@ class Problem:
         return {"+": self.a + self.b, "-": self.a - self.b, "*": self.a * self.b}[self.op]
 
     @property
+    def final_line(self) -> str:
+        return f"Answer: {self.answer}"
+
+    @property
     def worked(self) -> str:
-        return ", ".join(_columns(self.a, self.b, self.op)) + f". Answer: {self.answer}"
+        return ", ".join(_columns(self.a, self.b, self.op)) + ". " + self.final_line
 
     def messages(self, direct: bool = False) -> list[dict]:
         """The question and its reply: the worked columns, or with `direct` the final line alone."""
-        reply = f"Answer: {self.answer}" if direct else self.worked
+        reply = self.final_line if direct else self.worked
         return [{"role": "user", "content": self.question}, {"role": "assistant", "content": reply}]
 
 
