@@ -56,6 +56,7 @@ from kernels._attention_common import (
     LOG2E, autotune_configs, causal_key_end, keep_mask, load_doc_ids, load_tile, online_softmax_end,
     online_softmax_init, online_softmax_step,
 )
+from kernels._checks import attention_args
 from kernels._dispatch import use_triton
 from kernels.attention_bwd import attention_bwd
 
@@ -275,31 +276,12 @@ def _attention_decode_combine_kernel(
 
 # ----------------------------------------------------------------------------------------------- launchers
 def _check(q, k, v, doc_ids):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attention expects 4-D q, k, v (B, H, T, D); got q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
-    B, H, Tq, D = q.shape
-    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
-        raise ValueError(f"k and v must be (B={B}, Hkv, Tk, D={D}) and equal; "
-                         f"got k {tuple(k.shape)}, v {tuple(v.shape)}")
-    Hkv, Tk = k.shape[1], k.shape[2]
-    if Hkv == 0 or H % Hkv != 0:
-        raise ValueError(f"query heads H={H} must be a multiple of kv heads Hkv={Hkv} "
-                         f"(q {tuple(q.shape)}, k {tuple(k.shape)})")
-    if not 1 <= Tq <= Tk:
-        raise ValueError(f"need 1 <= Tq <= Tk; got q {tuple(q.shape)} and k {tuple(k.shape)}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    if doc_ids is not None and (doc_ids.shape != (B, Tk) or doc_ids.is_floating_point() or doc_ids.dtype == torch.bool):
-        raise ValueError(f"doc_ids must be an integer tensor (B={B}, Tk={Tk}); "
-                         f"got {doc_ids.dtype} {tuple(doc_ids.shape)}")
+    attention_args(q, k, v, doc_ids)  # shared with the public function: every path refuses the same inputs
 
 
 def _check_triton(q):
     if q.shape[-1] not in HEAD_DIMS:
         raise ValueError(f"the Triton attention supports head dims {HEAD_DIMS}; got q {tuple(q.shape)}")
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"attention supports fp32, fp16, bf16; got {q.dtype}")
 
 
 def _doc_args(doc_ids, placeholder):
@@ -336,6 +318,8 @@ def attention_decode(q, k, v, doc_ids, causal: bool, scale: float, num_splits: i
     if Tq > DECODE_MAX_TQ or group * Tq > DECODE_MAX_ROWS:
         raise ValueError(f"decode needs Tq <= {DECODE_MAX_TQ} and G·Tq <= {DECODE_MAX_ROWS}; got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}")
+    if B == 0:  # an empty batch: nothing to launch (and no programs to share the SMs among)
+        return torch.empty((0, H, Tq, D), device=q.device, dtype=q.dtype)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     block_n = 16 if interpret else 64
     n_blocks = triton.cdiv(Tk, block_n)

@@ -16,7 +16,8 @@ where g is the upstream gradient (a scalar, or (N,) for reduction="none") and r 
 Σ_i loss_i / n and r = 1/n with n = max(#{i : t_i != ignore_index}, 1). So the mean over a batch in which
 every target is ignored is 0.0 with a zero gradient (torch's F.cross_entropy gives NaN there). The loss is
 fp32 whatever the logits' dtype; dx has the logits' dtype. A target outside [0, V) that is not
-ignore_index gives a NaN loss (the reference raises instead).
+ignore_index is a ValueError on both paths (checked before dispatch, see `kernels._checks`: on CUDA one host
+sync per call); the kernel itself, called directly, writes a NaN loss for such a row.
 
 Kernel: one program per row. Pass 1 reads the row in blocks with the online log-sum-exp of `kernels._lse`
 and loads the target's logit once; pass 2 (when the logits need a gradient) reads the row again
@@ -43,10 +44,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._checks import REDUCTIONS, cross_entropy_args
 from kernels._dispatch import use_triton
 from kernels._lse import load_logits_block, row_logsumexp, softmax_block, transform_grad, transform_logits
-
-REDUCTIONS = ("none", "sum", "mean")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ REDUCTIONS = ("none", "sum", "mean")
 def cross_entropy_reference(logits, target, *, ignore_index: int = -100, reduction: str = "mean",
                             z_loss: float = 0.0, softcap: float | None = None, return_lse: bool = False):
     """The math above in fp32 PyTorch; autograd through it is the gradient oracle. lse carries no gradient."""
-    _check_args(logits, target, reduction, softcap)
+    cross_entropy_args(logits, target, ignore_index=ignore_index, reduction=reduction, softcap=softcap)
     z = logits.float()                                         # (N, V) fp32 copy: one read, one write
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)                  # (N, V)
@@ -71,19 +71,6 @@ def cross_entropy_reference(logits, target, *, ignore_index: int = -100, reducti
     elif reduction == "mean":
         loss = loss.sum() / valid.sum().clamp(min=1)
     return (loss, lse.detach()) if return_lse else loss
-
-
-def _check_args(logits, target, reduction, softcap):
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be (N, V), got shape {tuple(logits.shape)}")
-    if target.shape != logits.shape[:1]:
-        raise ValueError(f"target must be (N,) = ({logits.shape[0]},), got shape {tuple(target.shape)}")
-    if target.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"target must be int64 or int32, got {target.dtype}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"softcap must be positive or None, got {softcap}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -208,7 +195,7 @@ def _check_logits(name, logits, target):
         raise ValueError(f"{name} must be (N, V) with stride 1 along V, got shape {tuple(logits.shape)} "
                          f"strides {tuple(logits.stride())}")
     if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"{name} must be fp32, fp16 or bf16, got {logits.dtype}")
+        raise TypeError(f"{name} must be fp32, fp16 or bf16, got {logits.dtype}")
     if target.shape != logits.shape[:1] or target.device != logits.device:
         raise ValueError(f"target must be (N,) = ({logits.shape[0]},) on {logits.device}, "
                          f"got shape {tuple(target.shape)} on {target.device}")
@@ -343,7 +330,7 @@ def cross_entropy(logits, target, *, ignore_index: int = -100, reduction: str = 
     inplace_backward=True writes the gradient into `logits` during the forward when a gradient is needed
     (the caller must not use the logits afterwards); it saves an (N, V) buffer. Under torch.no_grad or for
     logits that do not require grad, only the loss is computed. The loss is fp32."""
-    _check_args(logits, target, reduction, softcap)
+    cross_entropy_args(logits, target, ignore_index=ignore_index, reduction=reduction, softcap=softcap)
     if not use_triton(backend, logits, target):
         return cross_entropy_reference(logits, target, ignore_index=ignore_index, reduction=reduction,
                                        z_loss=z_loss, softcap=softcap, return_lse=return_lse)

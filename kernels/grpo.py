@@ -23,7 +23,7 @@ micro-batch and rank), len_i = Σ_t m_it, and max_len the configured maximum com
 Policy loss, per token t (rows flattened, N = B·L, or only the completion rows), with z = logits / temperature:
 
     logp    = z_t − logsumexp(z)          (fp32, kernels.logprobs; the same path that scores rollouts)
-    ratio   = exp(logp − old_logp)
+    ratio   = exp(logp − old_logp)        (old_logp None: on-policy, old_logp = logp detached, ratio 1)
     surr    = min(ratio·A, clamp(ratio, 1 − eps_low, 1 + eps_high)·A)
     kl      = exp(ref − logp) − (ref − logp) − 1          (k3, ≥ 0; only when ref_logp is given)
     loss_t  = −surr + beta·kl
@@ -37,7 +37,8 @@ gradient is the full −A·ratio: this is also what autograd gives through torch
 split the gradient in half, clamp passes it at its bounds, and the halves add up). Then through the
 log-softmax into the logits (kernels.logprobs backward, with g = ∂loss/∂logp) and, in `linear_grpo_loss`,
 into hidden and the head weight. old_logp, ref_logp, advantages and weights are constants (no gradient).
-Tokens with weight 0 contribute nothing, whatever their inputs hold (no inf·0).
+Tokens with weight 0 contribute nothing, whatever their inputs hold (no inf·0). A negative target is ignored
+(logp 0); a target ≥ V is a ValueError, as are bad shapes, dtypes and devices (`kernels._checks`).
 
 Memory and work. `grpo_loss` keeps the logits, the lse (N,) and ∂loss/∂logp (N,) for backward.
 `linear_grpo_loss` never forms the (N, V) logits: per chunk of rows it computes logits = hidden_c @ Wᵀ,
@@ -58,11 +59,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kernels._checks import LOSS_TYPES, group_advantages_args, grpo_loss_args, linear_grpo_loss_args, \
+    token_weights_args
 from kernels._dispatch import use_triton
 from kernels._head import addmm_fp32_, default_chunk_size
 from kernels.logprobs import autocast_inputs, token_logprobs_bwd, token_logprobs_fwd, token_logprobs_reference
-
-LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 
 
 @dataclass
@@ -108,7 +109,7 @@ def grpo_loss_reference(logp, old_logp, ref_logp, advantages, weights, *, eps_lo
     w = weights.float()
     active = w != 0
     # inactive tokens get inputs that make every term finite (ratio 1, kl 0), so no inf·0 reaches the sum
-    old = torch.where(active, old_logp.float(), logp.detach())
+    old = logp.detach() if old_logp is None else torch.where(active, old_logp.float(), logp.detach())
     adv = torch.where(active, advantages.float(), torch.zeros_like(w))
     ratio = torch.exp(logp - old)
     surr = torch.min(ratio * adv, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv)
@@ -259,7 +260,8 @@ def grpo_fwd(logp, old_logp, ref_logp, advantages, weights, eps_low, eps_high, b
     if N > 0:
         c = lambda t: None if t is None else t.contiguous()  # noqa: E731
         _grpo_fwd_kernel[(n_blocks,)](
-            logp.contiguous(), c(old_logp), c(ref_logp) if ref_logp is not None else logp, c(advantages),
+            logp.contiguous(), c(old_logp) if old_logp is not None else logp,
+            c(ref_logp) if ref_logp is not None else logp, c(advantages),
             c(weights), c(entropy) if entropy is not None else logp, dlogp, partial,
             N, 1.0 - eps_low, 1.0 + eps_high, float(beta),
             BLOCK=BLOCK, HAS_REF=ref_logp is not None, HAS_ENTROPY=entropy is not None, num_warps=4,
@@ -293,7 +295,7 @@ def linear_grpo_fwd(hidden, weight, target, old_logp, ref_logp, advantages, weig
         n1 = min(n0 + chunk, N)
         logits = torch.mm(hidden[n0:n1], weight.t(), out=buf[:n1 - n0])   # (c, V) in the input dtype
         logp, lse, ent = token_logprobs_fwd(logits, target[n0:n1], temperature, return_entropy)
-        _, dlogp, part = grpo_fwd(logp, old_logp[n0:n1], sl(ref_logp, n0, n1), advantages[n0:n1],
+        _, dlogp, part = grpo_fwd(logp, sl(old_logp, n0, n1), sl(ref_logp, n0, n1), advantages[n0:n1],
                                   weights[n0:n1], eps_low, eps_high, beta, ent)
         sums += part
         if need_hidden or need_weight:
@@ -351,13 +353,7 @@ def group_advantages(rewards, group_size: int, *, scale_std: bool = True, std_fl
                      eps: float = 1e-4, completion_mask=None, backend: str = "auto") -> GroupAdvantages:
     """Group-relative advantages of group-major rewards (P·G,); see the module docstring for the formula.
     With completion_mask (P·G, L), token_advantages broadcasts each advantage over its completion tokens."""
-    if group_size < 1:
-        raise ValueError(f"group_size must be ≥ 1, got {group_size}")
-    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
-        raise ValueError(f"rewards must be (P·G,) with G={group_size} dividing it, got shape {tuple(rewards.shape)}")
-    if completion_mask is not None and (completion_mask.dim() != 2 or completion_mask.shape[0] != rewards.numel()):
-        raise ValueError(f"completion_mask must be (P·G, L) = ({rewards.numel()}, L), got shape "
-                         f"{tuple(completion_mask.shape)}")
+    group_advantages_args(rewards, group_size, completion_mask)
     if use_triton(backend, rewards):
         adv, mean, std, zero_var = group_advantages_fwd(rewards, group_size, scale_std, std_floor, eps)
     else:
@@ -373,12 +369,7 @@ def grpo_token_weights(mask, loss_type: str, *, num_sequences: int, num_tokens: 
     """fp32 weights (B, L) with loss = Σ w·loss_t for `loss_type` in LOSS_TYPES (see the module docstring).
     num_sequences and num_tokens are whole-batch totals (ints or 0-dim tensors); a zero total gives zero
     weights, not NaN."""
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type={loss_type!r} is not one of {LOSS_TYPES}")
-    if mask.dim() != 2:
-        raise ValueError(f"mask must be (B, L), got shape {tuple(mask.shape)}")
-    if max_len < mask.shape[1]:
-        raise ValueError(f"max_len={max_len} is shorter than the mask's length {mask.shape[1]}")
+    token_weights_args(mask, loss_type, num_sequences, num_tokens, max_len)
     m = mask.float()                                                      # (B, L)
     total = lambda x: torch.as_tensor(x, dtype=torch.float32, device=m.device).clamp_min(1)  # noqa: E731
     if loss_type == "grpo":
@@ -393,7 +384,10 @@ def grpo_loss(logits, target, old_logp, ref_logp, advantages, weights, *, temper
               eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0, return_entropy: bool = False,
               backend: str = "auto"):
     """GRPO loss Σ_t w_t·loss_t from logits (..., V); target, old_logp, ref_logp (or None when beta == 0),
-    advantages and weights all of shape (...). Returns (loss fp32 scalar, GRPOStats)."""
+    advantages and weights all of shape (...); old_logp None means on-policy (ratio 1). Returns (loss fp32
+    scalar, GRPOStats)."""
+    grpo_loss_args(logits, target, old_logp, ref_logp, advantages, weights, temperature=temperature,
+                   eps_low=eps_low, eps_high=eps_high, beta=beta)
     flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
     if not use_triton(backend, logits, target, old_logp, ref_logp, advantages, weights):
         out = token_logprobs_reference(logits, target, temperature=temperature, return_entropy=return_entropy)
@@ -417,12 +411,15 @@ def linear_grpo_loss(hidden, weight, target, old_logp, ref_logp, advantages, wei
                      eps_low=0.2, eps_high=0.2, beta=0.0, return_entropy=False, chunk_size=None, backend="auto"):
     """`grpo_loss` of the LM head hidden (..., d) @ weight (V, d)ᵀ without materialising the logits:
     `chunk_size` rows at a time (default: the rule `linear_token_logprobs` uses). Returns (loss, GRPOStats)."""
+    linear_grpo_loss_args(hidden, weight, target, old_logp, ref_logp, advantages, weights, temperature=temperature,
+                          eps_low=eps_low, eps_high=eps_high, beta=beta, chunk_size=chunk_size)
     flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
-    if not use_triton(backend, hidden, weight, target, old_logp, ref_logp, advantages, weights):
+    triton_path = use_triton(backend, hidden, weight, target, old_logp, ref_logp, advantages, weights)
+    hidden, weight = autocast_inputs(hidden, weight)  # both paths run the head in the same dtype
+    if not triton_path:
         return grpo_loss(hidden @ weight.t(), target, old_logp, ref_logp, advantages, weights,
                          temperature=temperature, eps_low=eps_low, eps_high=eps_high, beta=beta,
                          return_entropy=return_entropy, backend="reference")
-    hidden, weight = autocast_inputs(hidden, weight)
     args = (hidden.reshape(-1, hidden.shape[-1]), weight, flat(target), flat(old_logp), flat(ref_logp),
             flat(advantages), flat(weights), temperature, eps_low, eps_high, beta, return_entropy, chunk_size)
     with torch.autocast(hidden.device.type, enabled=False):

@@ -31,10 +31,10 @@ compute dtype before the two gradient matmuls. dh and dW come back in hidden's a
 """
 import torch
 
+from kernels._checks import linear_cross_entropy_args
 from kernels._dispatch import use_triton
 from kernels._head import addmm_fp32_, default_chunk_size
-from kernels.cross_entropy import REDUCTIONS, _mean_scale, cross_entropy_bwd, cross_entropy_fwd, \
-    cross_entropy_reference
+from kernels.cross_entropy import _mean_scale, cross_entropy_bwd, cross_entropy_fwd, cross_entropy_reference
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -45,25 +45,12 @@ def linear_cross_entropy_reference(hidden, weight, target, *, ignore_index: int 
                                    chunk_size: int | None = None):
     """fp32 logits materialised, then `cross_entropy_reference`. chunk_size is accepted for signature parity
     with `linear_cross_entropy` and unused."""
-    _check_args(hidden, weight, target, reduction, chunk_size, softcap)
+    linear_cross_entropy_args(hidden, weight, target, ignore_index=ignore_index, reduction=reduction,
+                              softcap=softcap, chunk_size=chunk_size)
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         logits = hidden.float() @ weight.float().t()             # (N, V) fp32: the memory the fused path saves
         return cross_entropy_reference(logits, target, ignore_index=ignore_index, reduction=reduction,
                                        z_loss=z_loss, softcap=softcap)
-
-
-def _check_args(hidden, weight, target, reduction, chunk_size, softcap):
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"hidden must be (N, d) and weight (V, d), got {tuple(hidden.shape)} and "
-                         f"{tuple(weight.shape)}")
-    if target.shape != hidden.shape[:1]:
-        raise ValueError(f"target must be (N,) = ({hidden.shape[0]},), got shape {tuple(target.shape)}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"softcap must be positive or None, got {softcap}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -167,7 +154,8 @@ def linear_cross_entropy(hidden, weight, target, *, ignore_index: int = -100, re
     """cross_entropy(hidden @ weight.T, target) for hidden (N, d) and the LM head weight (V, d), computed
     chunk_size tokens at a time so the (N, V) logits never exist (default: `default_chunk_size`).
     Same reductions, z_loss and softcap as `kernels.cross_entropy`; the loss is fp32."""
-    _check_args(hidden, weight, target, reduction, chunk_size, softcap)
+    linear_cross_entropy_args(hidden, weight, target, ignore_index=ignore_index, reduction=reduction,
+                              softcap=softcap, chunk_size=chunk_size)
     if not use_triton(backend, hidden, weight, target):
         return linear_cross_entropy_reference(hidden, weight, target, ignore_index=ignore_index,
                                               reduction=reduction, z_loss=z_loss, softcap=softcap)

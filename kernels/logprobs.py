@@ -12,7 +12,8 @@ Gradients, for upstream g = ∂L/∂logp (N,) and h = ∂L/∂H (N,):
     ∂L/∂x_nv  = ∂L/∂z_nv / T
 
 (the entropy term: ∂H/∂z_v = −p_v (log p_v + H) and log p_v = z_v − lse). A negative target (the
-ignore_index convention, e.g. −100) gives logp 0 and no gradient through logp; targets ≥ V are not checked.
+ignore_index convention, e.g. −100) gives logp 0 and no gradient through logp; a target ≥ V is a ValueError
+on both paths (checked before dispatch, see `kernels._checks`: on CUDA one host sync per call).
 
 Memory: the (N, V) log-softmax is never formed. The forward reads each row once and keeps (lse, H) per
 row (8 bytes); the backward reads the row again and recomputes p from lse. In `linear_token_logprobs` the
@@ -38,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._checks import linear_token_logprobs_args, token_logprobs_args
 from kernels._dispatch import use_triton
 # the fused cross-entropy's chunking rule and fp32 ∂W accumulation, so both heads run the same scheme
 from kernels._head import addmm_fp32_, default_chunk_size
@@ -346,6 +348,7 @@ def token_logprobs(logits, target, *, temperature: float = 1.0, return_entropy: 
                    backend: str = "auto"):
     """log p(target) per row of `logits` (..., V) at `temperature`, fp32 of shape target.shape (...);
     with return_entropy, also the entropy of each row. Negative targets give 0."""
+    token_logprobs_args(logits, target, temperature=temperature)
     if not use_triton(backend, logits, target):
         return token_logprobs_reference(logits, target, temperature=temperature, return_entropy=return_entropy)
     lead = target.shape
@@ -364,11 +367,13 @@ def linear_token_logprobs(hidden, weight, target, *, temperature: float = 1.0, r
                           chunk_size: int | None = None, backend: str = "auto"):
     """log p(target) of the LM head `hidden (..., d) @ weight (V, d)ᵀ` without the (N, V) logits: the
     head runs `chunk_size` rows at a time. fp32 of shape target.shape; entropy too with return_entropy."""
-    if not use_triton(backend, hidden, weight, target):
-        logits = hidden @ weight.t()
-        return token_logprobs_reference(logits, target, temperature=temperature, return_entropy=return_entropy)
+    linear_token_logprobs_args(hidden, weight, target, temperature=temperature, chunk_size=chunk_size)
+    triton_path = use_triton(backend, hidden, weight, target)
+    hidden, weight = autocast_inputs(hidden, weight)  # both paths run the head in the same dtype
+    if not triton_path:
+        return token_logprobs_reference(hidden @ weight.t(), target, temperature=temperature,
+                                        return_entropy=return_entropy)
     lead = target.shape
-    hidden, weight = autocast_inputs(hidden, weight)
     flat_hidden, flat_target = hidden.reshape(-1, hidden.shape[-1]), target.reshape(-1)
     with torch.autocast(hidden.device.type, enabled=False):
         if _needs_graph(hidden, weight):

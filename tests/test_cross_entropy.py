@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kernels.cross_entropy import cross_entropy, cross_entropy_reference
+from kernels.cross_entropy import cross_entropy, cross_entropy_fwd, cross_entropy_reference
 from kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 
 gpu = pytest.mark.gpu
@@ -191,11 +191,15 @@ def test_split_invariance_of_normalisation():
     assert_close(parts, full, "micro-batched sum / kept tokens vs full mean")
 
 
-def test_bad_target_is_nan_and_bad_args_raise():
+def test_bad_target_raises_and_the_kernel_alone_writes_nan():
     logits, target = make_case(3, 10)
     target[1] = 10  # out of [0, V) and not ignore_index
-    loss = cross_entropy(logits, target, reduction="none", backend="triton")
+    for backend in ("triton", "reference"):  # refused before either path runs (kernels/_checks.py)
+        with pytest.raises(ValueError, match=r"target holds 10, outside \[0, V=10\)"):
+            cross_entropy(logits, target, reduction="none", backend=backend)
+    loss, _ = cross_entropy_fwd(logits, target)  # the launcher does not check values: the row reads NaN
     assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all(), f"want NaN only at row 1, got {loss}"
+    target[1] = 0
     with pytest.raises(ValueError, match=r"\(2, 3, 10\)"):
         cross_entropy(logits.reshape(1, 3, 10).expand(2, 3, 10), target, backend="triton")
     with pytest.raises(ValueError, match="reduction"):
