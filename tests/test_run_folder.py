@@ -147,7 +147,8 @@ def test_an_unwritable_folder_is_one_error_line(tmp_path):
     folder.mkdir()
     patch = ("import errno, os, sys; real = os.open\n"
              "def ro(path, *a, **k):\n"
-             f"    if str(path).startswith({str(folder)!r}): raise OSError(errno.EROFS, 'Read-only file system', path)\n"
+             f"    if str(path).startswith({str(folder)!r}):\n"
+             "        raise OSError(errno.EROFS, 'Read-only file system', path)\n"
              "    return real(path, *a, **k)\n"
              "os.open = ro\n"
              "from train.cli import main; sys.exit(main(sys.argv[1:]))")

@@ -8,8 +8,8 @@ Files in the run folder:
     ckpt-000120.pt            after step 120; only the newest `keep` of these are kept
     ckpt-000400-pretrain.pt   at the end of phase "pretrain" (step 400); always kept
 Each is written to `<name>.tmp`, flushed to disk, then renamed: a crash mid-write leaves every earlier
-checkpoint intact, and a write that fails (a full disk) removes its partial file. Resuming takes the newest checkpoint that loads; one that is truncated or corrupt is
-named in a warning and the previous one is used.
+checkpoint intact, and a write that fails (a full disk) removes its partial file. Resuming takes the newest
+checkpoint that loads; one that is truncated or corrupt is named in a warning and the previous one is used.
 
 Only plain data is stored (tensors, numbers, strings, lists, dicts; RNG states converted to those), so
 loading uses `torch.load(weights_only=True)`, which never runs code from the file: a checkpoint holding any

@@ -1,7 +1,12 @@
 """Setting up a run: folder, provenance, tokenizer, model, phases; then the loop; or the same from a checkpoint.
 
-Under torchrun every rank runs this: rank 0 names the run folder and writes the files in it (config,
-tokenizer, token shards) before the other ranks read them; any world size can resume any checkpoint.
+The folder is claimed first (train/rundir.py: its lock, and no other run's files in it), then a resume is
+checked (train/resume.py: the options it may change, the data files it started with), then the start-up
+checks run (train/startup.py) before anything trains. A write that fails for want of space or permission is
+turned into one line naming the folder.
+
+Under torchrun every rank runs this: rank 0 names and locks the run folder and writes the files in it
+(config, tokenizer, token shards) before the other ranks read them; any world size can resume any checkpoint.
 """
 from __future__ import annotations
 

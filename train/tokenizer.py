@@ -72,7 +72,8 @@ class Tokenizer:
         try:
             base = tiktoken.get_encoding("gpt2")
         except Exception as e:  # noqa: BLE001  (offline, tiktoken's download fails in several ways)
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = reason if len(reason) <= 120 else reason[:120].rsplit(" ", 1)[0] + " …"
             raise TokenizerError(f"--tokenizer=gpt2 needs GPT-2's ranks, which tiktoken downloads on first use and "
                                  f"could not ({type(e).__name__}: {reason}); connect once (tiktoken caches them in "
                                  f"TIKTOKEN_CACHE_DIR), or use --tokenizer=bpe") from None
