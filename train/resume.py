@@ -85,9 +85,12 @@ def absolute_data(cfg: RunConfig) -> RunConfig:
 
 def fingerprint(path: str) -> dict:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
     return {"sha256": digest.hexdigest(), "bytes": os.path.getsize(path)}
 
 

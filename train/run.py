@@ -156,6 +156,7 @@ def _train(cfg: RunConfig, state: dict | None, out_dir: str, dist: Dist, record:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    startup.check_dtype(cfg, device)
     notes = startup.warnings(cfg, device) if dist.is_main else []
     for line in notes:
         print(line, file=sys.stderr)

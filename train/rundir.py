@@ -158,15 +158,18 @@ def _check_empty_of_runs(folder: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ writes
-def write_error(e: BaseException, folder: str, what: str = "") -> RunDirError | None:
-    """A one-line RunDirError for a write that failed for want of space or permission; None for anything else."""
+def write_error(e: BaseException, folder: str) -> RunDirError | None:
+    """A one-line RunDirError for a file operation in the run folder that failed for want of space or
+    permission; None for anything else."""
     err = checkpoint.os_error(e)
     if err is None or err.errno not in WRITE_ERRNOS:
         return None
-    target = f" while writing {what}" if what else f" while writing {err.filename}" if err.filename else ""
-    then = (f"; free some space, then continue with: {resume_command(folder)}" if checkpoint.find(folder)
-            else "; free some space and rerun the command") if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    return RunDirError(f"{WRITE_ERRNOS[err.errno]} on {folder}{target}{then}")
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        target = f" while writing {err.filename}" if err.filename else ""
+        then = (f"free some space, then continue with: {resume_command(folder)}" if checkpoint.find(folder)
+                else "free some space and rerun the command")
+        return RunDirError(f"{WRITE_ERRNOS[err.errno]} on {folder}{target}; {then}")
+    return RunDirError(f"{WRITE_ERRNOS[err.errno]}: {err.filename or folder}")
 
 
 def resume_command(folder: str) -> str:

@@ -76,6 +76,15 @@ def check_memory(cfg: RunConfig, device: torch.device) -> None:
                       f"model.n_embd, model.seq_len) or a smaller micro_batch_size")
 
 
+def check_dtype(cfg: RunConfig, device: torch.device) -> None:
+    """ConfigError for a dtype the chosen kernels cannot compute on `device`: every other pairing of
+    --dtype, --device and --model.kernels trains."""
+    if cfg.dtype == "bf16" and cfg.model.kernels == "triton" and device.type == "cpu":
+        raise ConfigError("--dtype=bf16 with --model.kernels=triton on a CPU: Triton's interpreter computes bf16 "
+                          "matmuls wrongly (its attention is off by orders of magnitude); use --dtype=fp32 with "
+                          "the Triton kernels, or bf16 with --model.kernels=auto")
+
+
 def warnings(cfg: RunConfig, device: torch.device) -> list[str]:
     """Settings that work but are rarely what a user wants, said once at start-up."""
     out = []
