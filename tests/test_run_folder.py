@@ -123,6 +123,7 @@ def test_a_run_stopped_before_its_first_checkpoint_is_started_afresh_not_continu
 
 
 def test_a_folder_with_results_but_no_checkpoint_is_refused(tmp_path, capsys):
+    (tmp_path / "run.lock").write_text("123\n")  # a run's folder, whose checkpoints were removed
     (tmp_path / "summary.json").write_text("{}")
     (tmp_path / "metrics.jsonl").write_text("")
     assert main(["--preset=smoke", f"--out={tmp_path}"]) == 2
@@ -130,6 +131,14 @@ def test_a_folder_with_results_but_no_checkpoint_is_refused(tmp_path, capsys):
     assert err == (f"error: {tmp_path} holds a finished run (metrics.jsonl, summary.json) without checkpoints; "
                    f"pick another --out, or remove those files to reuse the folder")
     assert (tmp_path / "summary.json").read_text() == "{}"
+
+
+def test_a_folder_that_never_held_a_run_keeps_its_own_files(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"mine": true}')  # e.g. --out=. in a project
+    assert main(["--preset=smoke", f"--out={tmp_path}"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path} holds files a run would overwrite (config.json) "
+                                               f"and no run; pick another --out")
+    assert (tmp_path / "config.json").read_text() == '{"mine": true}'
 
 
 def test_out_pointing_at_a_file_is_refused(tmp_path, capsys):

@@ -341,7 +341,9 @@ class TokenStream:
                 digest = hashlib.sha1(f.read()).hexdigest()[:12]
         except OSError as e:
             raise DataError(f"cannot read {path}: {e.strerror}") from None
-        shard = os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}.{tok.name}{tok.n_vocab}.bin")
+        # named by the text and the whole tokenizer, so a shard made by another run's tokenizer never matches
+        tok_digest = hashlib.sha1(tok.dumps().encode()).hexdigest()[:8]
+        shard = os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}.{tok.name}{tok.n_vocab}-{tok_digest}.bin")
         if not os.path.exists(shard):
             os.makedirs(cache_dir, exist_ok=True)
             ids = [t for doc in tok.encode_batch(read_documents(path)) for t in [tok.bos] + doc]

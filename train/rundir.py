@@ -13,6 +13,9 @@ A new run in a folder that already holds files of a run:
     only files of a run    started afresh: that run stopped before its first checkpoint, so there was nothing
     stopped before its     to resume; its files (listed in a printed note) are removed first, so the new
     first checkpoint       run's logs never continue the old ones
+A folder is taken for a run's when it has a `run.lock` or a config.json written by a run; files with a run
+file's name in any other folder (`--out=.` in a project with its own config.json) are refused, never removed
+or overwritten. Token shards (data/) are named by their text and tokenizer, so they are never stale and stay.
 Default folder names (runs/<preset>-s<seed>-<time>) are made unique by creating the folder atomically and
 adding -2, -3, ... when the name is taken.
 
@@ -25,7 +28,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -34,7 +36,6 @@ from train import checkpoint
 LOCK = "run.lock"
 # what a run writes in its folder, besides checkpoints and the lock (train/report.py, train/run.py)
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tokenizer.json", "loss.png", "eval.png")
-RUN_DIRS = ("data",)  # token shards of the user's text (train/data.py), made with the run's tokenizer
 WRITE_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                 errno.EPERM: "operation not permitted"}
@@ -53,6 +54,7 @@ class Lock:
 
     def __init__(self, folder: str):
         self.folder, self.path = folder, os.path.join(folder, LOCK)
+        self.existed = os.path.exists(self.path)  # the folder has held a run before
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -102,7 +104,7 @@ def claim_new(out: str, default_name: str | None) -> tuple[str, Lock]:
     folder = _create_unique(default_name) if default_name else _create(out)
     lock = Lock(folder)
     try:
-        _check_empty_of_runs(folder)
+        _check_empty_of_runs(folder, lock.existed)
     except BaseException:
         lock.release()
         raise
@@ -142,19 +144,31 @@ def _create_unique(name: str) -> str:
     raise RunDirError(f"cannot find a free run folder name like {name}; pick one with --out")
 
 
-def _check_empty_of_runs(folder: str) -> None:
+def _check_empty_of_runs(folder: str, held_a_run: bool) -> None:
     if checkpoint.find(folder):
         raise RunDirError(f"{folder} already holds a run; continue it with --resume {folder} or pick another --out")
-    present = [f for f in RUN_FILES + RUN_DIRS if os.path.exists(os.path.join(folder, f))]
+    present = [f for f in RUN_FILES if os.path.exists(os.path.join(folder, f))]
+    if present and not (held_a_run or _run_config(os.path.join(folder, "config.json"))):
+        raise RunDirError(f"{folder} holds files a run would overwrite ({', '.join(present)}) and no run; pick "
+                          f"another --out")
     if "summary.json" in present:
         raise RunDirError(f"{folder} holds a finished run ({', '.join(present)}) without checkpoints; pick another "
                           f"--out, or remove those files to reuse the folder")
     if present:
         for f in present:
-            path = os.path.join(folder, f)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            os.remove(os.path.join(folder, f))
         print(f"note: {folder} held a run stopped before its first checkpoint; removed its "
               f"{', '.join(present)} and starting afresh")
+
+
+def _run_config(path: str) -> bool:
+    """Whether `path` is a config.json written by a run."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"config", "provenance"} <= set(saved)
 
 
 # ------------------------------------------------------------------------------------------------ writes
