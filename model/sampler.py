@@ -13,22 +13,33 @@ from model.gpt import GPT
 
 
 class KVCache:
-    """Keys and values of every layer, (n_layer, B, n_kv_head, capacity, head_dim), filled left to right."""
+    """Keys and values of every layer, (n_layer, B, n_kv_head, capacity, head_dim), filled left to right.
+
+    The buffers take the dtype of the first keys stored unless `dtype` is given: the projections produce
+    bf16 under bf16 autocast (on CUDA and on CPU alike) and the weights' dtype otherwise, and attention
+    needs q, k and v in one dtype, so the cache follows what the model computes instead of guessing it.
+    """
 
     def __init__(self, model: GPT, batch: int, capacity: int, dtype: torch.dtype | None = None):
         c = model.cfg
-        dtype = dtype or model.wte.weight.dtype
-        shape = (c.n_layer, batch, c.n_kv_head, capacity, c.head_dim)
-        device = model.wte.weight.device
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.shape = (c.n_layer, batch, c.n_kv_head, capacity, c.head_dim)
+        self.device = model.wte.weight.device
+        self.k = self.v = None
+        if dtype is not None:
+            self._allocate(dtype)
         self.length = 0  # positions filled so far (the same for every layer once a forward completes)
+
+    def _allocate(self, dtype: torch.dtype) -> None:
+        self.k = torch.zeros(self.shape, dtype=dtype, device=self.device)
+        self.v = torch.zeros(self.shape, dtype=dtype, device=self.device)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, Hkv, T, D) after the cached positions; return views of everything cached."""
+        if self.k is None:
+            self._allocate(k.dtype)
         start, end = self.length, self.length + k.size(2)
-        if end > self.k.size(3):
-            raise ValueError(f"KV cache full: {end} positions needed, capacity {self.k.size(3)}")
+        if end > self.shape[3]:
+            raise ValueError(f"KV cache full: {end} positions needed, capacity {self.shape[3]}")
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -97,7 +108,7 @@ def generate(
     doc_ids = torch.where(slot[None, :] < pad[:, None], -1, 0).to(torch.int32)  # (B, P + N)
     positions = (slot[None, :P] - pad[:, None]).clamp(min=0)  # (B, P)
 
-    cache = KVCache(model, B, P + max_new_tokens, dtype=_cache_dtype(model))
+    cache = KVCache(model, B, P + max_new_tokens)  # in the dtype the projections produce (see KVCache)
     hidden = model(idx, doc_ids=doc_ids[:, :P], positions=positions, cache=cache)  # prefill
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -114,9 +125,3 @@ def generate(
         hidden = model(tok[:, None], doc_ids=doc_ids[:, : P + t + 1], positions=pos, cache=cache)
     return out
 
-
-def _cache_dtype(model: GPT) -> torch.dtype:
-    """bf16 under CUDA autocast (what the projections produce there), else the weights' dtype."""
-    if torch.is_autocast_enabled("cuda") and model.wte.weight.is_cuda:
-        return torch.get_autocast_dtype("cuda")
-    return model.wte.weight.dtype

@@ -173,7 +173,7 @@ def test_a_second_signal_stops_at_once(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(train.loop.Trainer, "train_step", impatient_step)
     assert main(["--preset=base-smoke", f"--out={out}", *options(QUICK)]) == 130
-    assert capsys.readouterr().err.strip().startswith("interrupted; continue from the last checkpoint")
+    assert capsys.readouterr().err.strip().startswith("interrupted before the run's first checkpoint, so there")
     assert checkpoint.find(out) == []  # no phase had ended and none was asked for
 
 
@@ -313,8 +313,8 @@ def test_consecutive_faults_stop_the_run_with_a_checkpoint(tmp_path, capsys, mon
     assert main(["--preset=base-smoke", f"--out={out}", "--optim.max_bad_steps=2", *options(QUICK)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("error: phase pretrain: 2 steps in a row had a non-finite loss or gradient (last: the loss is "
-                   "nan at step 3); saved a checkpoint at step 3 and stopped; lower --optim.lr, check the data, or "
-                   "raise --optim.max_bad_steps")
+                   "nan at step 3); saved a checkpoint at step 3 and stopped; check the data, or continue with a lower "
+                   f"--optim.lr or a higher --optim.max_bad_steps: python train.py --resume {out} --optim.lr=...")
     state = checkpoint.load(out)
     assert state["step"] == 3 and state["bad_steps"] == 2
 
@@ -412,7 +412,7 @@ def test_every_kind_of_config_field_is_checked():
 def bad_inputs(tmp_path_factory, straight):
     """Every bad input of the table below, each a `python train.py` subprocess, run side by side."""
     d = tmp_path_factory.mktemp("bad")
-    out = f"--out={d / 'out'}"
+    out = f"--out={d / 'out'}"  # + a digit: each process its own run folder (a folder has one owner)
     latin1 = d / "latin1.txt"
     latin1.write_bytes("plain first line\ncaf\u00e9 au lait\n".encode("latin-1"))
     broken = d / "broken.jsonl"
@@ -434,14 +434,14 @@ def bad_inputs(tmp_path_factory, straight):
 
     table = {
         "unknown key": (["--model.n_layers=2"], "unknown config key --model.n_layers; did you mean --model.n_layer?"),
-        "not utf-8": (["--preset=smoke", out, f"--pretrain.data={latin1}"],
+        "not utf-8": (["--preset=smoke", out + '1', f"--pretrain.data={latin1}"],
                       f"{latin1}:2: not UTF-8 text (byte b'\\xe9' at offset 20); convert the file to UTF-8"),
-        "malformed jsonl": (["--preset=smoke", out, f"--sft.data={broken}"], f"{broken}:3: malformed JSON"),
-        "no assistant turn": (["--preset=smoke", out, f"--sft.data={silent}"],
+        "malformed jsonl": (["--preset=smoke", out + '2', f"--sft.data={broken}"], f"{broken}:3: malformed JSON"),
+        "no assistant turn": (["--preset=smoke", out + '3', f"--sft.data={silent}"],
                               f"{silent}:2: the conversation has no assistant turn to learn from"),
-        "prompts too long": (["--preset=smoke", out, f"--grpo.data={long_prompts}", "--grpo.reward=exact"],
+        "prompts too long": (["--preset=smoke", out + '4', f"--grpo.data={long_prompts}", "--grpo.reward=exact"],
                              f"{long_prompts}: every prompt is longer than the 112 tokens the context leaves"),
-        "bad tokenizer": (["--preset=smoke", out, f"--tokenizer={garbage}"],
+        "bad tokenizer": (["--preset=smoke", out + '5', f"--tokenizer={garbage}"],
                           f"{garbage}: not a tokenizer.json written by tritium"),
         "other model": (["--resume", str(other_model)], "is for a different model: n_embd is 32 in the checkpoint "
                                                         "but 64 here"),

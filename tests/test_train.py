@@ -139,7 +139,7 @@ def test_malformed_sft_line_is_a_one_line_error(tmp_path, capsys):
     bad = tmp_path / "sft.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"messages": [{"role": "robot", "content": "x"}]}\n')
     err = error_line(capsys, ["--preset=smoke", f"--out={tmp_path / 'r'}", f"--sft.data={bad}"])
-    assert f"{bad}:2: expected" in err
+    assert f"{bad}:2: unknown role 'robot'" in err
 
 
 def test_help_lists_options(capsys):

@@ -8,8 +8,8 @@ Files in the run folder:
     ckpt-000120.pt            after step 120; only the newest `keep` of these are kept
     ckpt-000400-pretrain.pt   at the end of phase "pretrain" (step 400); always kept
 Each is written to `<name>.tmp`, flushed to disk, then renamed: a crash mid-write leaves every earlier
-checkpoint intact. Resuming takes the newest checkpoint that loads; one that is truncated or corrupt is
-named in a warning and the previous one is used.
+checkpoint intact, and a write that fails (a full disk) removes its partial file. Resuming takes the newest
+checkpoint that loads; one that is truncated or corrupt is named in a warning and the previous one is used.
 
 Only plain data is stored (tensors, numbers, strings, lists, dicts; RNG states converted to those), so
 loading uses `torch.load(weights_only=True)`, which never runs code from the file: a checkpoint holding any
@@ -102,11 +102,19 @@ def save(run_dir: str, state: dict, keep: int = 2, phase_end: str | None = None)
     step = state["step"]
     path = os.path.join(run_dir, f"ckpt-{step:06d}" + (f"-{phase_end}" if phase_end else "") + ".pt")
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # a full disk, or a second Ctrl-C: the partial file must not hold the space
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        err = os_error(e)
+        if err is not None and err.filename is None:  # name the file (torch.save may wrap the OSError too)
+            raise OSError(err.errno, err.strerror, path) from e
+        raise
     rotating = []
     for p in find(run_dir):
         s, tagged = _step_of(p)
@@ -152,8 +160,26 @@ def _step_of(path: str) -> tuple[int, bool]:
     return int(m.group(1)), m.group(2) is not None
 
 
+def os_error(e: BaseException | None) -> OSError | None:
+    """The OSError (with an errno) behind `e`, following its chain of causes, or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _reason(e: Exception, limit: int = 160) -> str:
+    """The first sentence of an exception's message, cut at a word and marked when longer than `limit`."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
+
+
 def _warn_unreadable(path: str, e: Exception, older: list[str]) -> None:
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+    reason = _reason(e)
     then = f"falling back to {older[0]}" if older else "no older checkpoint to fall back to"
     print(f"warning: checkpoint {path} is unreadable, truncated or corrupt ({reason}); {then}", file=sys.stderr)
 

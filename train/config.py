@@ -32,6 +32,23 @@ def choice(default, choices: tuple, help_: str = ""):
     return field(default=default, metadata={"choices": choices, "help": help_})
 
 
+# phase options that mean something to one kind of objective only; --help lists them under phases of that kind
+KIND_OPTIONS = {"pretrain": ("mix",),
+                "grpo": ("group_size", "temperature", "top_k", "max_new_tokens", "reward", "loss_type", "eps_low",
+                         "eps_high", "beta", "mu", "scale_std", "std_floor", "reward_min", "reward_max")}
+
+
+def shown_in_help(cfg: RunConfig, key: str) -> bool:
+    """Whether --help lists option `key`: a phase option of one kind only under phases that train that kind
+    (as their objective or in `aux`)."""
+    head, _, rest = key.partition(".")
+    kinds = [kind for kind, names in KIND_OPTIONS.items() if rest in names]
+    if not kinds or head not in {p.name for p in cfg.phases}:
+        return True
+    p = cfg.phase(head)
+    return bool({p.objective, *(name for name, _ in parse_aux(p.aux))} & set(kinds))
+
+
 def parse_aux(aux: str) -> list[tuple[str, float]]:
     """`"sft=0.5,pretrain=0.1"` -> [("sft", 0.5), ("pretrain", 0.1)]; ConfigError on anything else."""
     out = []
@@ -73,6 +90,8 @@ class TaskConfig:
     eval_problems: int = 200  # held-out problems for task accuracy
     max_new_tokens: int = 48  # generation budget when evaluating task accuracy
     pass_k: int = 4  # samples per problem for pass@k (0 disables)
+    evaluate: str = choice("auto", ("auto", "always", "never"),
+                           "task accuracy after each phase; auto: when some phase trains on the embedded task")
 
     def __post_init__(self):
         _check(self, "task.", "digits", 1 <= self.digits <= 12, "between 1 and 12")
@@ -131,7 +150,8 @@ class PhaseConfig:
             _check(self, at, "group_size", self.group_size >= 2, ">= 2 (advantages compare completions of a group)")
             _check(self, at, "temperature", self.temperature > 0, "> 0 (rollout log-probs divide by it)")
             _check(self, at, "reward", self.reward in REWARDS,
-                   f"a registered reward: {', '.join(sorted(REWARDS))} (train.tasks.register_reward adds one)")
+                   f"a registered reward: {', '.join(sorted(REWARDS))} (a module given with --import=MODULE "
+                   f"can add one with train.tasks.register_reward)")
         if self.objective == "grpo" and self.batch_size % self.group_size:
             raise ConfigError(f"{self.name}.batch_size={self.batch_size} (completions per step) must be a "
                               f"multiple of {self.name}.group_size={self.group_size}")

@@ -217,10 +217,16 @@ def fit_context(items: list, prompt_len, limit: int, path: str) -> list:
     return kept
 
 
+def _check_file(path: str, kinds: str) -> None:
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a folder; give a {kinds} file (or 'embedded')")
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path} (give an existing {kinds} file, or 'embedded')")
+
+
 def read_documents(path: str) -> list[str]:
     """A .txt file is one document; a .jsonl file holds one {"text": ...} document per line."""
-    if not os.path.isfile(path):
-        raise DataError(f"data file not found: {path} (give an existing .txt or .jsonl, or 'embedded')")
+    _check_file(path, ".txt or .jsonl")
     ext = os.path.splitext(path)[1]
     if ext not in (".txt", ".jsonl"):
         raise DataError(f"{path}: unsupported extension {ext!r}; pretraining data is .txt or .jsonl")
@@ -236,8 +242,7 @@ def read_documents(path: str) -> list[str]:
 
 def read_jsonl(path: str, parse) -> list:
     """Every non-blank line of a .jsonl file through `parse(obj, where)`; errors name the file and line."""
-    if not os.path.isfile(path):
-        raise DataError(f"data file not found: {path} (give an existing .jsonl, or 'embedded')")
+    _check_file(path, ".jsonl")
     if not path.endswith(".jsonl"):
         raise DataError(f"{path}: expected a .jsonl file")
     out = []
@@ -255,6 +260,10 @@ def parse_conversation(obj, where: str) -> list[dict]:
         return [{"role": "user", "content": _unicode(obj["prompt"], where)},
                 {"role": "assistant", "content": _unicode(obj["response"], where)}]
     msgs = obj.get("messages") if isinstance(obj, dict) else None
+    roles = [m.get("role") for m in msgs if isinstance(m, dict)] if isinstance(msgs, list) else []
+    unknown = next((r for r in roles if isinstance(r, str) and r not in ("user", "assistant")), None)
+    if unknown is not None:
+        raise DataError(f'{where}: unknown role {unknown!r}; a message\'s role is "user" or "assistant"')
     if not isinstance(msgs, list) or not msgs or not all(
         isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
         for m in msgs
@@ -312,7 +321,8 @@ def _json_line(path: str, lineno: int, line: str):
     try:
         return json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        # some messages end in "at" ("Unterminated string starting at"): the column completes them
+        raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg.removesuffix(' at')} at column {e.colno})") from None
     except (ValueError, RecursionError) as e:  # a number too long to convert; nesting too deep
         raise DataError(f"{path}:{lineno}: malformed JSON ({str(e).split(';')[0] or 'nested too deeply'})") from None
 
@@ -325,14 +335,25 @@ class TokenStream:
 
     def __init__(self, path: str, tok: Tokenizer, seq_len: int, cache_dir: str, dist: Dist = SINGLE):
         self.tok, self.seq_len, self.offset, self.dist = tok, seq_len, 0, dist
-        with open(path, "rb") as f:
-            digest = hashlib.sha1(f.read()).hexdigest()[:12]
-        shard = os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}.{tok.name}{tok.n_vocab}.bin")
+        _check_file(path, ".txt or .jsonl")
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.sha1(f.read()).hexdigest()[:12]
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror}") from None
+        # named by the text and the whole tokenizer, so a shard made by another run's tokenizer never matches
+        tok_digest = hashlib.sha1(tok.dumps().encode()).hexdigest()[:8]
+        shard = os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}.{tok.name}{tok.n_vocab}-{tok_digest}.bin")
         if not os.path.exists(shard):
             os.makedirs(cache_dir, exist_ok=True)
             ids = [t for doc in tok.encode_batch(read_documents(path)) for t in [tok.bos] + doc]
-            np.asarray(ids, dtype=np.uint32).tofile(shard + ".tmp")
-            os.replace(shard + ".tmp", shard)
+            try:
+                np.asarray(ids, dtype=np.uint32).tofile(shard + ".tmp")
+                os.replace(shard + ".tmp", shard)
+            except BaseException:  # a full disk: the partial shard must not hold the space
+                if os.path.exists(shard + ".tmp"):
+                    os.remove(shard + ".tmp")
+                raise
         tokens = np.memmap(shard, dtype=np.uint32, mode="r")
         n_eval = max(seq_len + 1, len(tokens) // 20)
         if len(tokens) < n_eval + seq_len + 1:

@@ -21,6 +21,7 @@ from model.gpt import GPT
 from model.sampler import generate
 from train.data import IGNORE, Batch
 from train.objectives import loss_backend
+from train.tasks import checked_reward
 from train.tokenizer import Tokenizer
 
 
@@ -75,7 +76,7 @@ def task_accuracy(
             )
             lengths.extend(map(len, outs))
             for (i, _), out in zip(chunk, outs):
-                rewards[i].append(reward_fn(tok.completion_text(out), answers[i]))
+                rewards[i].append(checked_reward(reward_fn, tok.completion_text(out), answers[i]))
         return rewards, sum(lengths) / len(lengths)
 
     greedy, length = score(0.0, 1, None)

@@ -38,7 +38,7 @@ import time
 import torch
 
 from model.gpt import GPT
-from train import checkpoint, distributed
+from train import checkpoint, distributed, rundir
 from train.config import PhaseConfig, RunConfig
 from train.distributed import SINGLE, Dist
 from train.phases import Phase
@@ -98,6 +98,8 @@ class Trainer:
         self.last_fault = ""  # what went bad in the last skipped step
         self.signal: int | None = None  # the first SIGINT/SIGTERM received while training
         self.saved_at = -1  # the step of the last checkpoint this process wrote
+        self.elapsed_before = 0.0  # seconds of training before this process, up to the checkpoint it resumed
+        self.started = time.time()
         self.flops_per_token = model.flops_per_token()
         bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.device.type == "cuda")
         self.autocast = (
@@ -116,6 +118,7 @@ class Trainer:
             "stats": self.stats,
             "rng": checkpoint.rng_state(),
             "bad_steps": self.bad_steps,
+            "elapsed": self.elapsed(),
             "identity": self.identity(),
             **self.extra_state,
         }
@@ -134,6 +137,11 @@ class Trainer:
                 p.objective.load_state_dict(state["objectives"][p.cfg.name])
         checkpoint.set_rng_state(state["rng"])
         self.bad_steps = state["bad_steps"]
+        self.elapsed_before = state.get("elapsed", 0.0)
+
+    def elapsed(self) -> float:
+        """Seconds of training of the whole run so far, across resumes (work redone after a resume counts once)."""
+        return self.elapsed_before + time.time() - self.started
 
     def save(self, phase_end: str | None = None) -> None:
         """A checkpoint of the current step; `phase_end` (the phase's name) marks one that is never rotated out."""
@@ -218,7 +226,7 @@ class Trainer:
         return out
 
     def run(self, log: RunLog) -> dict:
-        started = time.time()
+        self.started = time.time()
         with self._signals_stop_training():
             while self.step < self.total:
                 phase = self.phase_at(self.step)
@@ -227,13 +235,14 @@ class Trainer:
                     self._save_once()
                     raise NumericalError(
                         f"phase {phase.cfg.name}: {self.bad_steps} steps in a row had a non-finite loss or gradient "
-                        f"(last: {self.last_fault}); saved a checkpoint at step {self.step} and stopped; lower "
-                        f"--optim.lr, check the data, or raise --optim.max_bad_steps")
+                        f"(last: {self.last_fault}); saved a checkpoint at step {self.step} and stopped; check the "
+                        f"data, or continue with a lower --optim.lr or a higher --optim.max_bad_steps: "
+                        f"{rundir.resume_command(self.out_dir)} --optim.lr=...")
                 if self._should_stop():
                     self._save_once()
                     raise Interrupted(f"interrupted at step {self.step} (phase {phase.cfg.name}); continue with: "
-                                      f"python train.py --resume {self.out_dir}", self.signal)
-        return {"out": self.out_dir, "seconds": time.time() - started, "phases": self.phase_results}
+                                      f"{rundir.resume_command(self.out_dir)}", self.signal)
+        return {"out": self.out_dir, "seconds": self.elapsed(), "phases": self.phase_results}
 
     def _run_step(self, phase: Phase, log: RunLog) -> None:
         """One step and its bookkeeping: stats, log line, and when due evaluation and a checkpoint."""

@@ -92,6 +92,10 @@ def make_sources(p: PhaseConfig, ctx: Context):
                 loss_eval(conversations(held.__getitem__, tok, T, len(held))))
     reward = get_reward(p.reward)
     if p.data == "embedded":  # held out: the run's task evaluation already asks these problems
+        longest = max(len(tok.render_prompt(m)) for m in task.widest_prompts())
+        if longest + p.max_new_tokens > T:  # checked now, not when the phase begins after the others
+            raise ConfigError(f"{p.name}.max_new_tokens={p.max_new_tokens} does not fit: the task's prompts take up "
+                              f"to {longest} tokens of model.seq_len={T}; lower it or raise model.seq_len")
         return RolloutSource(p, tok, lambda i: task.prompt("train", i), reward, None, seed, dist), {}
     train, held = _user_items(p, ctx)
     t = ctx.cfg.task
@@ -115,6 +119,16 @@ def build_phases(ctx: Context) -> list[Phase]:
         phases.append(Phase(p, start, source, objective, evals))
         start += p.steps
     return phases
+
+
+def task_evals(ctx: Context) -> dict[str, Callable[[GPT], dict]]:
+    """{"task": task accuracy} when the run evaluates it, else {}: `task.evaluate`, whose `auto` means when
+    some phase trains on the embedded task (its own data, or an `aux` objective, which always uses it)."""
+    t = ctx.cfg.task
+    trains_on_task = any(p.data == "embedded" or p.aux for p in ctx.cfg.phases)
+    if t.evaluate == "never" or (t.evaluate == "auto" and not trains_on_task):
+        return {}
+    return {"task": task_eval(ctx)}
 
 
 def task_eval(ctx: Context) -> Callable[[GPT], dict]:

@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from train.rundir import write_atomic
+
 STANDARD = {"kind", "phase", "step", "lr", "ms", "tokens", "tok_s", "mfu", "loss"}  # fields every line has
 QUIET = {"rollout_s", "rollout_tok_s"}  # in metrics.jsonl, not on the console
 # Dense bf16 tensor-core peak per GPU (datasheet, no sparsity), matched against the device name in order, so
@@ -47,11 +49,8 @@ class RunLog:
         self.out_dir, self.total, self.main = out_dir, total_steps, main
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.records: list[dict] = []
-        if main and resume_step and os.path.exists(self.path):  # drop lines logged after the checkpoint we resume from
-            with open(self.path) as f:
-                self.records = [r for r in map(json.loads, f) if r["step"] <= resume_step]
-            with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.records)
+        if main and resume_step and os.path.exists(self.path):
+            self.records = _keep_until(self.path, resume_step)
         self.start, self.start_step = time.time(), resume_step
         self.tty = sys.stdout.isatty()
         self.wandb = _wandb(config, out_dir) if use_wandb and main else None
@@ -102,12 +101,35 @@ class RunLog:
     def finish(self, summary: dict) -> None:
         if not self.main:
             return
-        with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_atomic(os.path.join(self.out_dir, "summary.json"), json.dumps(summary, indent=2))
         print_summary(summary)
-        plot(self.records, summary, self.out_dir)
+        try:
+            plot(self.records, summary, self.out_dir)
+        except Exception as e:  # noqa: BLE001  (the run's work is done and saved; a plot is not worth failing it)
+            print(f"warning: could not write the plots in {self.out_dir} ({type(e).__name__}: {e}); the results "
+                  f"are in summary.json and metrics.jsonl", file=sys.stderr)
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _keep_until(path: str, step: int) -> list[dict]:
+    """The records of metrics.jsonl up to `step` (the checkpoint a run resumes from). The lines after them
+    (logged after that checkpoint, and a line cut short by a crash or a full disk) are cut off in place, which
+    frees space instead of needing it, and only if there are any."""
+    kept, size = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not (isinstance(record, dict) and line.endswith(b"\n") and record.get("step", step + 1) <= step):
+                break
+            kept.append(record)
+            size += len(line)
+    if size < os.path.getsize(path):
+        os.truncate(path, size)
+    return kept
 
 
 def _wandb(config: dict, out_dir: str):
@@ -144,27 +166,49 @@ def plot(records: list[dict], summary: dict, out_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for name, fig in (("loss.png", loss_figure(records)), ("eval.png", eval_figure(summary))):
+        if fig is not None:
+            try:
+                fig.savefig(os.path.join(out_dir, name), dpi=100)
+            finally:
+                plt.close(fig)
+
+
+def loss_figure(records: list[dict]):
+    """Training loss per step and phase on a log axis (tick labels as plain numbers), and the mean reward of
+    RL phases; whole steps on the x axes; a phase with a single logged step shows as a dot."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     train = [r for r in records if r["kind"] == "train"]
     phases = list(dict.fromkeys(r["phase"] for r in train))
     rl = [p for p in phases if any("reward" in r for r in train if r["phase"] == p)]  # plotted by reward
     fig, axes = plt.subplots(1, 1 + bool(rl), figsize=(8 + 5 * bool(rl), 4.5), squeeze=False)
     for name in phases:
         pts = [(r["step"], r["reward"] if name in rl else r["loss"]) for r in train if r["phase"] == name]
-        axes[0, int(name in rl)].plot(*zip(*pts), label=name)
+        axes[0, int(name in rl)].plot(*zip(*pts), label=name, marker="o" if len(pts) == 1 else None)
     axes[0, 0].set(xlabel="step", ylabel="train loss", title="training loss", yscale="log")
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # 5.7, not 5.7×10⁰
+    axes[0, 0].yaxis.set_major_formatter(plain)
+    axes[0, 0].yaxis.set_minor_formatter(plain)
     if rl:
         axes[0, 1].set(xlabel="step", ylabel="mean reward of the rollouts", title="RL reward")
     for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def eval_figure(summary: dict):
+    """Every held-out metric after each phase, one panel per metric; None when there is none."""
+    import matplotlib.pyplot as plt
 
     rows = summary["phases"]
     metrics = sorted({k for r in rows for k in r["eval"]})
     if not metrics:
-        return
+        return None
     cols = min(4, len(metrics))
     rows_ = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows_, cols, figsize=(3.4 * cols, 3.0 * rows_), squeeze=False)
@@ -178,5 +222,4 @@ def plot(records: list[dict], summary: dict, out_dir: str) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle("held-out metrics after each phase")
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "eval.png"), dpi=100)
-    plt.close(fig)
+    return fig

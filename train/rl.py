@@ -145,10 +145,10 @@ class RolloutSource:
 
         correct = (rewards >= 1.0).double()
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.float64)
-        # completions that hit max_new_tokens without <|end|>; with nothing before the stop (they are scored
-        # as usual and train on their stop token only); with a reward the clamp above changed
+        # completions that hit max_new_tokens without <|end|>; empty ones, nothing before the stop (they are
+        # scored as usual and train on their stop token only); with a reward the clamp above changed
         truncated = sum(len(c) == p.max_new_tokens and c[-1] != tok.end for c in completions)
-        empty = sum(text == "" for text in texts)
+        empty = sum(c[:1] in ([], [tok.end]) for c in completions)
         out_of_range = sum(not p.reward_min <= r <= p.reward_max for r in raw)
         # sums over every rank's completions (and groups), divided by the global counts
         sums = distributed.all_reduce(torch.stack([

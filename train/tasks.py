@@ -158,6 +158,12 @@ class ArithmeticTask:
         p = self.problem(split, index)
         return [{"role": "user", "content": p.question}], str(p.answer)
 
+    def widest_prompts(self) -> list[list[dict]]:
+        """A prompt of each operation with the widest operands: the longest prompts the task can ask (digits
+        are one token each, and the rest of a question is the same text)."""
+        top = 10**self.digits - 1
+        return [[{"role": "user", "content": Problem(top, 9 if op == "*" else top, op).question}] for op in self.ops]
+
     def corpus(self, n: int) -> list[str]:
         """Plain training text for the tokenizer: every kind of text the task produces."""
         out = []
@@ -177,23 +183,43 @@ class RewardError(ValueError):
 
 
 def checked_reward(fn: RewardFn, completion: str, answer: str) -> float:
-    """fn(completion, answer) as a float; RewardError naming the function and the completion otherwise."""
-    r = fn(completion, answer)
+    """fn(completion, answer) as a float; RewardError naming the function and the completion when it raises
+    or returns anything but one finite number."""
+    name = getattr(fn, "__name__", repr(fn))
+    try:
+        r = fn(completion, answer)
+    except Exception as e:  # noqa: BLE001  (a user's function can raise anything; the run stops in one line)
+        raise RewardError(f"reward function {name} raised {type(e).__name__}: {e} for completion "
+                          f"{completion[:60]!r} (answer {str(answer)[:40]!r})") from None
     if not isinstance(r, numbers.Real) or not math.isfinite(r):  # bools and NumPy floats are Real
-        name = getattr(fn, "__name__", repr(fn))
         raise RewardError(f"reward function {name} returned {r!r} for completion {completion[:60]!r}; it must "
                           f"return one finite number")
     return float(r)
 
 
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Register `fn(completion_text, answer) -> float` under `name` (phases pick rewards by name)."""
+def register_reward(name, fn: RewardFn | None = None):
+    """Register `fn(completion_text, answer) -> float` under `name`; phases pick rewards by name
+    (`--grpo.reward=NAME`). Three forms:
 
-    def deco(fn: RewardFn) -> RewardFn:
-        REWARDS[name] = fn
-        return fn
+        register_reward("name", fn)          # a call
+        @register_reward("name")             # a decorator with a name
+        @register_reward                     # a decorator, registering the function under its __name__
+    """
+    if callable(name) and fn is None:  # @register_reward, or register_reward(fn)
+        name, fn = getattr(name, "__name__", ""), name
+        if not name.isidentifier():
+            raise TypeError(f"register_reward({fn!r}) needs a name for a function without one: "
+                            f"register_reward('name', fn)")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_reward: the name must be a non-empty string, got {name!r}")
 
-    return deco
+    def deco(f: RewardFn) -> RewardFn:
+        if not callable(f):
+            raise TypeError(f"register_reward({name!r}, ...): {f!r} is not callable")
+        REWARDS[name] = f
+        return f
+
+    return deco if fn is None else deco(fn)
 
 
 def get_reward(name: str) -> RewardFn:

@@ -69,7 +69,14 @@ class Tokenizer:
     @classmethod
     def gpt2(cls) -> Tokenizer:
         """GPT-2's 50257 ranks (downloaded by tiktoken on first use) plus our special tokens."""
-        base = tiktoken.get_encoding("gpt2")
+        try:
+            base = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # noqa: BLE001  (offline, tiktoken's download fails in several ways)
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = reason if len(reason) <= 120 else reason[:120].rsplit(" ", 1)[0] + " …"
+            raise TokenizerError(f"--tokenizer=gpt2 needs GPT-2's ranks, which tiktoken downloads on first use and "
+                                 f"could not ({type(e).__name__}: {reason}); connect once (tiktoken caches them in "
+                                 f"TIKTOKEN_CACHE_DIR), or use --tokenizer=bpe") from None
         return cls("gpt2", base._pat_str, base._mergeable_ranks)
 
     def dumps(self) -> str:
@@ -106,6 +113,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str) -> Tokenizer:
+        if os.path.isdir(path):
+            raise TokenizerError(f"{path} is a folder; give the path of a tokenizer.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer file not found: {path}")
         try:
