@@ -38,14 +38,12 @@ Supported: fp32, fp16, bf16 logits with stride 1 along V; V from 1 up (any lengt
 targets int64 or int32; int64 row offsets. The vocabulary numerics (exp2, the fp32 running max and sum,
 the soft-cap) come from `kernels._lse`, shared with the log-prob and GRPO kernels.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from kernels._checks import REDUCTIONS, cross_entropy_args
-from kernels._dispatch import use_triton
+from kernels._dispatch import row_block, use_triton
 from kernels._lse import load_logits_block, row_logsumexp, softmax_block, transform_grad, transform_logits
 
 
@@ -181,15 +179,6 @@ def _scale_rows_kernel(
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
-def _launch_config(V: int):
-    """(BLOCK_V, num_warps). Interpreter: small blocks so tests stay fast and still cross block boundaries.
-    CUDA: up to 8192 fp32 lanes per block (16 per thread at 16 warps) so each row takes few iterations."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return min(triton.next_power_of_2(V), 512), 1
-    block = min(triton.next_power_of_2(V), 8192)
-    return block, max(1, min(16, block // 512))
-
-
 def _check_logits(name, logits, target):
     if logits.dim() != 2 or logits.stride(1) != 1:
         raise ValueError(f"{name} must be (N, V) with stride 1 along V, got shape {tuple(logits.shape)} "
@@ -217,7 +206,7 @@ def cross_entropy_fwd(logits, target, *, ignore_index: int = -100, z_loss: float
         grad_scale = torch.ones(1, device=logits.device, dtype=torch.float32)
     if N == 0:
         return loss, lse
-    block, warps = _launch_config(V)
+    block, warps = row_block(V)
     _cross_entropy_fwd_kernel[(N,)](
         logits, target, loss, lse, logits if dlogits is None else dlogits, grad_scale,
         logits.stride(0), logits.stride(0) if dlogits is None else dlogits.stride(0),
@@ -240,7 +229,7 @@ def cross_entropy_bwd(logits, target, lse, dloss, *, ignore_index: int = -100, z
     dlogits = torch.empty_like(logits) if dlogits is None else dlogits
     if N == 0:
         return dlogits
-    block, warps = _launch_config(V)
+    block, warps = row_block(V)
     _cross_entropy_bwd_kernel[(N,)](
         logits, target, lse, dloss, dlogits,
         logits.stride(0), dlogits.stride(0), 0 if dloss.numel() == 1 else dloss.stride(0),
@@ -259,7 +248,7 @@ def scale_rows_(dlogits, dloss):
         raise ValueError(f"dloss must be a scalar or (N,) = ({N},), got shape {tuple(dloss.shape)}")
     if N == 0:
         return dlogits
-    block, warps = _launch_config(V)
+    block, warps = row_block(V)
     _scale_rows_kernel[(N,)](dlogits, dloss, dlogits.stride(0), 0 if dloss.numel() == 1 else dloss.stride(0),
                              V, BLOCK_V=block, num_warps=warps)
     return dlogits
