@@ -44,6 +44,7 @@ import triton.language as tl
 
 from kernels._checks import REDUCTIONS, cross_entropy_args
 from kernels._dispatch import row_block, use_triton
+from kernels._head import needs_graph
 from kernels._lse import load_logits_block, row_logsumexp, softmax_block, transform_grad, transform_logits
 
 
@@ -263,15 +264,21 @@ def _mean_scale(target, ignore_index):
     return (1.0 / n).reshape(1)
 
 
+def _reduce(loss, reduction, scale):
+    """The reduction of the per-row losses (N,); `scale` is `_mean_scale` for "mean", else unused."""
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() * scale[0]
+    return loss
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, ignore_index, reduction, z_loss, softcap, inplace_backward, grad_enabled):
+    def forward(ctx, logits, target, ignore_index, reduction, z_loss, softcap, inplace_backward):
         kw = dict(ignore_index=ignore_index, z_loss=z_loss, softcap=softcap)
-        # needs_input_grad is True under torch.no_grad too; grad_enabled (the caller's mode) says if it counts
-        needs_grad = ctx.needs_input_grad[0] and grad_enabled
         scale = _mean_scale(target, ignore_index) if reduction == "mean" else None
-        ctx.mode = None
-        if needs_grad and (reduction != "none" or inplace_backward):
+        if reduction != "none" or inplace_backward:
             # the gradient is written now (with r folded in) and scaled by g in backward
             dlogits = logits if inplace_backward else torch.empty_like(logits)
             loss, lse = cross_entropy_fwd(logits, target, dlogits=dlogits, grad_scale=scale, **kw)
@@ -280,16 +287,11 @@ class _CrossEntropy(torch.autograd.Function):
         else:
             # reduction="none": the gradient depends on the per-row g, so it is computed in backward
             loss, lse = cross_entropy_fwd(logits, target, **kw)
-            if needs_grad:
-                ctx.save_for_backward(logits, target, lse)
-                ctx.mode = "recompute"
-                ctx.kw = kw
-        if reduction == "sum":
-            loss = loss.sum()
-        elif reduction == "mean":
-            loss = loss.sum() * scale[0]
+            ctx.save_for_backward(logits, target, lse)
+            ctx.mode = "recompute"
+            ctx.kw = kw
         ctx.mark_non_differentiable(lse)
-        return loss, lse
+        return _reduce(loss, reduction, scale), lse
 
     @staticmethod
     def backward(ctx, dloss, dlse):
@@ -303,7 +305,7 @@ class _CrossEntropy(torch.autograd.Function):
         else:
             logits, target, lse = ctx.saved_tensors
             dlogits = cross_entropy_bwd(logits, target, lse, dloss, **ctx.kw)
-        return dlogits, None, None, None, None, None, None, None
+        return dlogits, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -325,9 +327,12 @@ def cross_entropy(logits, target, *, ignore_index: int = -100, reduction: str = 
                                        z_loss=z_loss, softcap=softcap, return_lse=return_lse)
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    loss, lse = _CrossEntropy.apply(logits, target, ignore_index, reduction, float(z_loss),
-                                    None if softcap is None else float(softcap), inplace_backward,
-                                    torch.is_grad_enabled())
+    z_loss, softcap = float(z_loss), None if softcap is None else float(softcap)
+    if needs_graph(logits):
+        loss, lse = _CrossEntropy.apply(logits, target, ignore_index, reduction, z_loss, softcap, inplace_backward)
+    else:  # nothing to differentiate: the forward alone, nothing saved
+        loss, lse = cross_entropy_fwd(logits, target, ignore_index=ignore_index, z_loss=z_loss, softcap=softcap)
+        loss = _reduce(loss, reduction, _mean_scale(target, ignore_index) if reduction == "mean" else None)
     return (loss, lse) if return_lse else loss
 
 

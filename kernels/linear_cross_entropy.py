@@ -9,9 +9,10 @@ Math, with hidden h (N, d), the LM-head weight W (V, d) (no bias), target t (N,)
     dh     = dx W                                 (N, d)
     dW     = dxᵀ h = Σ_chunks dx_cᵀ h_c           (V, d), accumulated in fp32 over the chunks
 
-Chunking: the N tokens are processed in chunks of C rows (`chunk_size`). For each chunk the forward computes
-x_c = h_c Wᵀ (C, V) into one reused buffer, runs the cross-entropy kernel on it, which overwrites it in place
-with dx_c, then dh_c = dx_c W and dW += dx_cᵀ h_c. So the extra memory is one (C, V) buffer in the compute
+Chunking (`run_head` of kernels/_head.py, the loop every fused head shares): the N tokens are processed in
+chunks of C rows (`chunk_size`). For each chunk the forward computes x_c = h_c Wᵀ (C, V) into one reused
+buffer, runs the cross-entropy kernel on it, which overwrites it in place with dx_c, then dh_c = dx_c W and
+dW += dx_cᵀ h_c. So the extra memory is one (C, V) buffer in the compute
 dtype plus the fp32 dW accumulator, whatever N is: peak memory stays flat as N grows. FLOPs are the three
 matmuls of the plain LM head, 6·N·d·V for forward + backward, plus one pass over each chunk's logits.
 
@@ -36,7 +37,8 @@ import torch
 from kernels._checks import linear_cross_entropy_args
 from kernels._dispatch import use_triton
 from kernels._head import default_chunk_size, head_dtype, needs_graph, run_head
-from kernels.cross_entropy import _mean_scale, cross_entropy_bwd, cross_entropy_fwd, cross_entropy_reference
+from kernels.cross_entropy import _mean_scale, _reduce, cross_entropy_bwd, cross_entropy_fwd, \
+    cross_entropy_reference
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -75,8 +77,9 @@ class _Options:
 
 
 def _forward(hidden, weight, target, o: _Options, need_hidden, need_weight):
-    """loss (N,) and lse (N,), fp32. For "mean"/"sum" also ∂hidden and ∂weight of the reduced loss (with r,
-    1/n for "mean"; `scale` holds 1/n), written during the forward: the kernel writes dx_c over x_c."""
+    """(loss (N,), lse (N,), scale, dh, dW): fp32 losses and lse; scale the 1-element 1/n for "mean" (else
+    None); for "mean"/"sum", dh (compute dtype) and dW (fp32) of the reduced loss with r folded in, as asked
+    by need_hidden / need_weight (else None): the kernel writes dx_c over x_c during the forward."""
     h, w = hidden.to(o.dtype), weight.to(o.dtype)              # (N, d), (V, d): cast once when dtypes differ
     N = h.shape[0]
     loss = torch.empty(N, device=h.device, dtype=torch.float32)
@@ -92,14 +95,6 @@ def _forward(hidden, weight, target, o: _Options, need_hidden, need_weight):
     dh, dw = run_head(h, w, step, o.chunk_size, need_hidden=grads and need_hidden,
                       need_weight=grads and need_weight)
     return loss, lse, scale, dh, dw
-
-
-def _reduce(loss, reduction, scale):
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return loss.sum() * scale[0]
-    return loss
 
 
 # ----------------------------------------------------------------------------------------------------------
