@@ -144,8 +144,8 @@ def _token_logprobs_bwd_kernel(
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
 def _block_v(V):
-    """`row_block` with 128-lane tiles under the interpreter: the log-prob tests' vocabularies (50 to 300)
-    then span several tiles, which is where the entropy's running rescale can go wrong."""
+    """`row_block` with 128-lane tiles under the interpreter: the log-prob tests' vocabularies (a few hundred
+    at most) then span several tiles, which is where the entropy's running rescale can go wrong."""
     return row_block(V, interpreted=128)
 
 
@@ -217,8 +217,8 @@ def token_logprobs_bwd(logits, target, lse, dlogp, temperature=1.0, entropy=None
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Per-chunk steps of the fused head: the kernels above on one chunk of logits; the loop around them, the
-# chunk rule and the fp32 ∂W are kernels/_head.py's `run_head`
+# The fused head's forward: the forward kernel on each chunk of logits (the loop around it, the chunk rule
+# and the fp32 ∂W are kernels/_head.py's `run_head`; the backward step is in `_LinearTokenLogprobs`)
 # ----------------------------------------------------------------------------------------------------------
 def _linear_fwd(hidden, weight, target, temperature, return_entropy, chunk_size):
     """fp32 (logp, lse, entropy or None), each (N,), of hidden (N, d) @ weight (V, d)ᵀ. Rollout scoring and
@@ -235,21 +235,6 @@ def _linear_fwd(hidden, weight, target, temperature, return_entropy, chunk_size)
 
     run_head(hidden, weight, step, chunk_size)
     return logp, lse, entropy
-
-
-def _linear_bwd(hidden, weight, target, lse, dlogp, temperature, entropy, dentropy, chunk_size, need_hidden,
-                need_weight):
-    """Recompute each chunk's logits and overwrite them with ∂L/∂logits; `run_head` pushes those through
-    the head. Returns (∂hidden or None, ∂weight or None) in the input dtype."""
-    sl = lambda t, s, e: None if t is None else t[s:e]  # noqa: E731
-
-    def step(s, e, logits):
-        return token_logprobs_bwd(logits, target[s:e], lse[s:e], dlogp[s:e], temperature, sl(entropy, s, e),
-                                  sl(dentropy, s, e), out=logits)
-
-    dhidden, dweight = run_head(hidden, weight, step, chunk_size, need_hidden=need_hidden,
-                                need_weight=need_weight)
-    return dhidden, None if dweight is None else dweight.to(weight.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,10 +273,16 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         hidden, weight, target, lse, entropy = ctx.saved_tensors
         if dlogp is None:
             dlogp = torch.zeros_like(lse)
-        dhidden, dweight = _linear_bwd(hidden, weight, target, lse, dlogp, ctx.temperature,
-                                       entropy if dentropy is not None else None, dentropy, ctx.chunk_size,
-                                       *ctx.needs_input_grad[:2])
-        return dhidden, dweight, None, None, None, None
+        with_entropy = dentropy is not None
+
+        def step(s, e, logits):  # the chunk's logits, recomputed, overwritten with ∂L/∂logits
+            return token_logprobs_bwd(logits, target[s:e], lse[s:e], dlogp[s:e], ctx.temperature,
+                                      entropy[s:e] if with_entropy else None,
+                                      dentropy[s:e] if with_entropy else None, out=logits)
+
+        dhidden, dweight = run_head(hidden, weight, step, ctx.chunk_size, need_hidden=ctx.needs_input_grad[0],
+                                    need_weight=ctx.needs_input_grad[1])
+        return dhidden, None if dweight is None else dweight.to(weight.dtype), None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
