@@ -41,11 +41,10 @@ Tokens with weight 0 contribute nothing, whatever their inputs hold (no inf·0).
 (logp 0); a target ≥ V is a ValueError, as are bad shapes, dtypes and devices (`kernels._checks`).
 
 Memory and work. `grpo_loss` keeps the logits, the lse (N,) and ∂loss/∂logp (N,) for backward.
-`linear_grpo_loss` never forms the (N, V) logits: it runs the fused head of kernels/_head.py, whose step
-per chunk of rows computes the log-probs (the launcher, chunks and dtype that score rollouts, so scored and
-trained logp agree bitwise), the per-token loss and its gradient, and overwrites the chunk's logits with
-∂loss/∂logits, which the head pushes into ∂hidden, ∂W at once; backward only scales those by the upstream
-scalar: three matmuls (6·N·d·V FLOPs) in all, peak memory flat in N.
+`linear_grpo_loss` never forms the (N, V) logits: in the fused head of kernels/_head.py its step computes per
+chunk the log-probs (as rollout scoring does, so the two agree bitwise), the per-token loss and its gradient,
+and overwrites the chunk's logits with ∂loss/∂logits, which the head pushes into ∂hidden, ∂W at once;
+backward only scales those by the upstream scalar: three matmuls (6·N·d·V FLOPs), peak memory flat in N.
 
 Stats (detached fp32 scalars, summed over tokens with w > 0, so that micro-batches and ranks add them up):
 tokens (count), kl_sum (Σ kl; None without ref_logp), low_clipped / high_clipped (counts of tokens whose
