@@ -1,5 +1,8 @@
 """The one rule that picks a kernel or its reference, shared by every public function in `kernels`."""
+import os
+
 import torch
+import triton
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -11,3 +14,20 @@ def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
     if backend == "auto":
         return all(t.is_cuda for t in tensors if t is not None)
     return backend == "triton"
+
+
+def interpreting() -> bool:
+    """True when kernels run in Triton's interpreter (TRITON_INTERPRET=1; kernels/__init__.py sets it when
+    there is no CUDA): launchers then pick small tiles so that tests stay quick."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def row_block(V: int, interpreted: int = 512) -> tuple[int, int]:
+    """(BLOCK_V, num_warps) of a kernel with one program per row that loops over the V columns in tiles.
+    CUDA: up to 8192 fp32 lanes a tile (16 per thread at 16 warps), so a row takes few iterations.
+    Interpreter: at most `interpreted` lanes and one warp; small enough that the tests' vocabularies span
+    several tiles (the tile loop and the masked tail are what they test), large enough to stay quick."""
+    if interpreting():
+        return min(triton.next_power_of_2(V), interpreted), 1
+    block = min(triton.next_power_of_2(V), 8192)
+    return block, max(1, min(16, block // 512))

@@ -38,14 +38,13 @@ Supported: fp32, fp16, bf16 logits with stride 1 along V; V from 1 up (any lengt
 targets int64 or int32; int64 row offsets. The vocabulary numerics (exp2, the fp32 running max and sum,
 the soft-cap) come from `kernels._lse`, shared with the log-prob and GRPO kernels.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from kernels._checks import REDUCTIONS, cross_entropy_args
-from kernels._dispatch import use_triton
+from kernels._dispatch import row_block, use_triton
+from kernels._head import needs_graph
 from kernels._lse import load_logits_block, row_logsumexp, softmax_block, transform_grad, transform_logits
 
 
@@ -181,15 +180,6 @@ def _scale_rows_kernel(
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
-def _launch_config(V: int):
-    """(BLOCK_V, num_warps). Interpreter: small blocks so tests stay fast and still cross block boundaries.
-    CUDA: up to 8192 fp32 lanes per block (16 per thread at 16 warps) so each row takes few iterations."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return min(triton.next_power_of_2(V), 512), 1
-    block = min(triton.next_power_of_2(V), 8192)
-    return block, max(1, min(16, block // 512))
-
-
 def _check_logits(name, logits, target):
     if logits.dim() != 2 or logits.stride(1) != 1:
         raise ValueError(f"{name} must be (N, V) with stride 1 along V, got shape {tuple(logits.shape)} "
@@ -217,7 +207,7 @@ def cross_entropy_fwd(logits, target, *, ignore_index: int = -100, z_loss: float
         grad_scale = torch.ones(1, device=logits.device, dtype=torch.float32)
     if N == 0:
         return loss, lse
-    block, warps = _launch_config(V)
+    block, warps = row_block(V)
     _cross_entropy_fwd_kernel[(N,)](
         logits, target, loss, lse, logits if dlogits is None else dlogits, grad_scale,
         logits.stride(0), logits.stride(0) if dlogits is None else dlogits.stride(0),
@@ -240,7 +230,7 @@ def cross_entropy_bwd(logits, target, lse, dloss, *, ignore_index: int = -100, z
     dlogits = torch.empty_like(logits) if dlogits is None else dlogits
     if N == 0:
         return dlogits
-    block, warps = _launch_config(V)
+    block, warps = row_block(V)
     _cross_entropy_bwd_kernel[(N,)](
         logits, target, lse, dloss, dlogits,
         logits.stride(0), dlogits.stride(0), 0 if dloss.numel() == 1 else dloss.stride(0),
@@ -259,7 +249,7 @@ def scale_rows_(dlogits, dloss):
         raise ValueError(f"dloss must be a scalar or (N,) = ({N},), got shape {tuple(dloss.shape)}")
     if N == 0:
         return dlogits
-    block, warps = _launch_config(V)
+    block, warps = row_block(V)
     _scale_rows_kernel[(N,)](dlogits, dloss, dlogits.stride(0), 0 if dloss.numel() == 1 else dloss.stride(0),
                              V, BLOCK_V=block, num_warps=warps)
     return dlogits
@@ -274,15 +264,21 @@ def _mean_scale(target, ignore_index):
     return (1.0 / n).reshape(1)
 
 
+def _reduce(loss, reduction, scale):
+    """The reduction of the per-row losses (N,); `scale` is `_mean_scale` for "mean", else unused."""
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() * scale[0]
+    return loss
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, ignore_index, reduction, z_loss, softcap, inplace_backward, grad_enabled):
+    def forward(ctx, logits, target, ignore_index, reduction, z_loss, softcap, inplace_backward):
         kw = dict(ignore_index=ignore_index, z_loss=z_loss, softcap=softcap)
-        # needs_input_grad is True under torch.no_grad too; grad_enabled (the caller's mode) says if it counts
-        needs_grad = ctx.needs_input_grad[0] and grad_enabled
         scale = _mean_scale(target, ignore_index) if reduction == "mean" else None
-        ctx.mode = None
-        if needs_grad and (reduction != "none" or inplace_backward):
+        if reduction != "none" or inplace_backward:
             # the gradient is written now (with r folded in) and scaled by g in backward
             dlogits = logits if inplace_backward else torch.empty_like(logits)
             loss, lse = cross_entropy_fwd(logits, target, dlogits=dlogits, grad_scale=scale, **kw)
@@ -291,16 +287,11 @@ class _CrossEntropy(torch.autograd.Function):
         else:
             # reduction="none": the gradient depends on the per-row g, so it is computed in backward
             loss, lse = cross_entropy_fwd(logits, target, **kw)
-            if needs_grad:
-                ctx.save_for_backward(logits, target, lse)
-                ctx.mode = "recompute"
-                ctx.kw = kw
-        if reduction == "sum":
-            loss = loss.sum()
-        elif reduction == "mean":
-            loss = loss.sum() * scale[0]
+            ctx.save_for_backward(logits, target, lse)
+            ctx.mode = "recompute"
+            ctx.kw = kw
         ctx.mark_non_differentiable(lse)
-        return loss, lse
+        return _reduce(loss, reduction, scale), lse
 
     @staticmethod
     def backward(ctx, dloss, dlse):
@@ -314,7 +305,7 @@ class _CrossEntropy(torch.autograd.Function):
         else:
             logits, target, lse = ctx.saved_tensors
             dlogits = cross_entropy_bwd(logits, target, lse, dloss, **ctx.kw)
-        return dlogits, None, None, None, None, None, None, None
+        return dlogits, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -336,9 +327,12 @@ def cross_entropy(logits, target, *, ignore_index: int = -100, reduction: str = 
                                        z_loss=z_loss, softcap=softcap, return_lse=return_lse)
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    loss, lse = _CrossEntropy.apply(logits, target, ignore_index, reduction, float(z_loss),
-                                    None if softcap is None else float(softcap), inplace_backward,
-                                    torch.is_grad_enabled())
+    z_loss, softcap = float(z_loss), None if softcap is None else float(softcap)
+    if needs_graph(logits):
+        loss, lse = _CrossEntropy.apply(logits, target, ignore_index, reduction, z_loss, softcap, inplace_backward)
+    else:  # nothing to differentiate: the forward alone, nothing saved
+        loss, lse = cross_entropy_fwd(logits, target, ignore_index=ignore_index, z_loss=z_loss, softcap=softcap)
+        loss = _reduce(loss, reduction, _mean_scale(target, ignore_index) if reduction == "mean" else None)
     return (loss, lse) if return_lse else loss
 
 

@@ -41,17 +41,16 @@ Tokens with weight 0 contribute nothing, whatever their inputs hold (no inf·0).
 (logp 0); a target ≥ V is a ValueError, as are bad shapes, dtypes and devices (`kernels._checks`).
 
 Memory and work. `grpo_loss` keeps the logits, the lse (N,) and ∂loss/∂logp (N,) for backward.
-`linear_grpo_loss` never forms the (N, V) logits: per chunk of rows it computes logits = hidden_c @ Wᵀ,
-the log-probs, the per-token loss and its gradient, overwrites the chunk's logits with ∂loss/∂logits, and
-pushes them through the head right away, so backward only scales the stored ∂hidden, ∂W by the upstream
-scalar: three matmuls (6·N·d·V FLOPs) in all, peak memory flat in N.
+`linear_grpo_loss` never forms the (N, V) logits: in the fused head of kernels/_head.py its step computes per
+chunk the log-probs (as rollout scoring does, so the two agree bitwise), the per-token loss and its gradient,
+and overwrites the chunk's logits with ∂loss/∂logits, which the head pushes into ∂hidden, ∂W at once;
+backward only scales those by the upstream scalar: three matmuls (6·N·d·V FLOPs), peak memory flat in N.
 
 Stats (detached fp32 scalars, summed over tokens with w > 0, so that micro-batches and ranks add them up):
 tokens (count), kl_sum (Σ kl; None without ref_logp), low_clipped / high_clipped (counts of tokens whose
 clipped branch is active as defined above), entropy_sum (Σ entropy of the temperature-scaled
 distribution; None unless return_entropy).
 """
-import os
 from dataclasses import dataclass
 
 import torch
@@ -61,9 +60,9 @@ from torch import Tensor
 
 from kernels._checks import LOSS_TYPES, group_advantages_args, grpo_loss_args, linear_grpo_loss_args, \
     token_weights_args
-from kernels._dispatch import use_triton
-from kernels._head import addmm_fp32_, default_chunk_size
-from kernels.logprobs import autocast_inputs, token_logprobs_bwd, token_logprobs_fwd, token_logprobs_reference
+from kernels._dispatch import interpreting, use_triton
+from kernels._head import autocast_inputs, needs_graph, run_head
+from kernels.logprobs import token_logprobs_bwd, token_logprobs_fwd, token_logprobs_reference
 
 
 @dataclass
@@ -82,6 +81,30 @@ class GRPOStats:
     low_clipped: Tensor          # tokens with A < 0 and ratio < 1 − eps_low
     high_clipped: Tensor         # tokens with A > 0 and ratio > 1 + eps_high
     entropy_sum: Tensor | None   # Σ entropy over those tokens (None unless asked)
+
+
+@dataclass(frozen=True)
+class GRPOHyperParams:
+    """The scalar hyper-parameters of one policy-loss call (the symbols of the module docstring)."""
+    temperature: float = 1.0     # z = logits / temperature
+    eps_low: float = 0.2         # the ratio is clipped below at 1 − eps_low
+    eps_high: float = 0.2        # and above at 1 + eps_high
+    beta: float = 0.0            # weight of the k3 KL to the reference
+    return_entropy: bool = False  # also sum the entropy of each counted token's distribution
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    """The per-token inputs of the policy loss, each (N,); constants: no gradient flows into them."""
+    target: Tensor
+    old_logp: Tensor | None
+    ref_logp: Tensor | None
+    advantages: Tensor
+    weights: Tensor
+
+    def map(self, f):
+        """Every tensor through f (e.g. a flatten or a slice of rows); None stays None."""
+        return _Tokens(*(None if t is None else f(t) for t in vars(self).values()))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -164,6 +187,16 @@ def _group_advantages_kernel(
     tl.store(zero_var_ptr + p, zero_var.to(tl.int8))
 
 
+# The slots of the per-block partial sums that _grpo_fwd_kernel writes, one row of N_SUMS per block
+SUM_LOSS = tl.constexpr(0)         # Σ w·loss_t
+SUM_TOKENS = tl.constexpr(1)       # tokens with w > 0 (the counted tokens)
+SUM_KL = tl.constexpr(2)           # Σ kl over the counted tokens
+SUM_LOW = tl.constexpr(3)          # counted tokens with A < 0 and ratio < 1 − eps_low
+SUM_HIGH = tl.constexpr(4)         # counted tokens with A > 0 and ratio > 1 + eps_high
+SUM_ENTROPY = tl.constexpr(5)      # Σ entropy over the counted tokens
+N_SUMS = tl.constexpr(6)
+
+
 @triton.jit
 def _grpo_fwd_kernel(
     # pointers
@@ -202,26 +235,22 @@ def _grpo_fwd_kernel(
         kl_sum = tl.sum(tl.where(counted, kl, 0.0), axis=0)
     # 4. weight; per-block partial sums (summed by the launcher in a fixed order: deterministic)
     tl.store(dlogp_ptr + offs, tl.where(active, w * dloss_t, 0.0), mask=mask)
-    part = partial_ptr + pid * 6
-    tl.store(part + 0, tl.sum(tl.where(active, w * loss_t, 0.0), axis=0))
-    tl.store(part + 1, tl.sum(counted.to(tl.float32), axis=0))
-    tl.store(part + 2, kl_sum)
-    tl.store(part + 3, tl.sum((counted & low).to(tl.float32), axis=0))
-    tl.store(part + 4, tl.sum((counted & high).to(tl.float32), axis=0))
+    part = partial_ptr + pid * N_SUMS
+    tl.store(part + SUM_LOSS, tl.sum(tl.where(active, w * loss_t, 0.0), axis=0))
+    tl.store(part + SUM_TOKENS, tl.sum(counted.to(tl.float32), axis=0))
+    tl.store(part + SUM_KL, kl_sum)
+    tl.store(part + SUM_LOW, tl.sum((counted & low).to(tl.float32), axis=0))
+    tl.store(part + SUM_HIGH, tl.sum((counted & high).to(tl.float32), axis=0))
     if HAS_ENTROPY:
         ent = tl.load(ent_ptr + offs, mask=mask, other=0.0)
-        tl.store(part + 5, tl.sum(tl.where(counted, ent, 0.0), axis=0))
+        tl.store(part + SUM_ENTROPY, tl.sum(tl.where(counted, ent, 0.0), axis=0))
     else:
-        tl.store(part + 5, 0.0)
+        tl.store(part + SUM_ENTROPY, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
-def _interpreting():
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def group_advantages_fwd(rewards, group_size, scale_std=True, std_floor=0.0, eps=1e-4):
     """Launch one program per group. Returns (advantages (P·G,), mean (P,), std (P,), zero_var (P,) bool)."""
     rewards = rewards.contiguous()
@@ -240,23 +269,20 @@ def group_advantages_fwd(rewards, group_size, scale_std=True, std_floor=0.0, eps
     return adv, mean, std, zero_var.bool()
 
 
-def _check_tokens(N, **tensors):
-    for name, t in tensors.items():
+def grpo_fwd(logp, old_logp, ref_logp, advantages, weights, eps_low, eps_high, beta, entropy=None):
+    """Per-token GRPO math over fp32 logp (N,). Returns (loss, dlogp (N,) = ∂loss/∂logp, sums (N_SUMS,) fp32
+    indexed by the SUM_* slots)."""
+    N = logp.shape[0]
+    for name, t in dict(old_logp=old_logp, ref_logp=ref_logp, advantages=advantages, weights=weights,
+                        entropy=entropy).items():
         if t is not None and t.shape != (N,):
             raise ValueError(f"{name} must have one value per token, ({N},), got shape {tuple(t.shape)}")
-
-
-def grpo_fwd(logp, old_logp, ref_logp, advantages, weights, eps_low, eps_high, beta, entropy=None):
-    """Per-token GRPO math over fp32 logp (N,). Returns (loss, dlogp (N,) = ∂loss/∂logp, stats (6,) fp32:
-    [loss, tokens, kl_sum, low_clipped, high_clipped, entropy_sum])."""
-    N = logp.shape[0]
-    _check_tokens(N, old_logp=old_logp, ref_logp=ref_logp, advantages=advantages, weights=weights, entropy=entropy)
     if ref_logp is None and beta != 0:
         raise ValueError(f"beta={beta} needs ref_logp")
-    BLOCK = 64 if _interpreting() else 1024
+    BLOCK = 64 if interpreting() else 1024
     n_blocks = max(1, triton.cdiv(N, BLOCK))
     dlogp = torch.empty(N, dtype=torch.float32, device=logp.device)
-    partial = torch.zeros(n_blocks, 6, dtype=torch.float32, device=logp.device)
+    partial = torch.zeros(n_blocks, N_SUMS.value, dtype=torch.float32, device=logp.device)
     if N > 0:
         c = lambda t: None if t is None else t.contiguous()  # noqa: E731
         _grpo_fwd_kernel[(n_blocks,)](
@@ -266,45 +292,43 @@ def grpo_fwd(logp, old_logp, ref_logp, advantages, weights, eps_low, eps_high, b
             N, 1.0 - eps_low, 1.0 + eps_high, float(beta),
             BLOCK=BLOCK, HAS_REF=ref_logp is not None, HAS_ENTROPY=entropy is not None, num_warps=4,
         )
-    sums = partial.sum(dim=0)                                             # (6,)
-    return sums[0], dlogp, sums
+    sums = partial.sum(dim=0)                                             # (N_SUMS,)
+    return sums[SUM_LOSS.value], dlogp, sums
 
 
 def _stats(sums, has_ref, has_entropy):
-    return GRPOStats(tokens=sums[1], kl_sum=sums[2] if has_ref else None, low_clipped=sums[3],
-                     high_clipped=sums[4], entropy_sum=sums[5] if has_entropy else None)
+    at = lambda slot: sums[slot.value]  # noqa: E731
+    return GRPOStats(tokens=at(SUM_TOKENS), kl_sum=at(SUM_KL) if has_ref else None, low_clipped=at(SUM_LOW),
+                     high_clipped=at(SUM_HIGH), entropy_sum=at(SUM_ENTROPY) if has_entropy else None)
 
 
-def linear_grpo_fwd(hidden, weight, target, old_logp, ref_logp, advantages, weights, temperature, eps_low,
-                    eps_high, beta, return_entropy, chunk_size, need_hidden, need_weight):
-    """The fused head: per chunk of rows, logits → logp → loss and ∂loss/∂logp → ∂logits (in place) →
-    ∂hidden, ∂weight. Returns (loss, sums (6,), ∂hidden or None, ∂weight or None)."""
-    N, d = hidden.shape
-    V = weight.shape[0]
-    if weight.shape[1] != d or target.shape != (N,):
-        raise ValueError(f"hidden (N, d), weight (V, d), target (N,): got {tuple(hidden.shape)}, "
-                         f"{tuple(weight.shape)}, {tuple(target.shape)}")
-    _check_tokens(N, old_logp=old_logp, ref_logp=ref_logp, advantages=advantages, weights=weights)
-    chunk = chunk_size or default_chunk_size(N, V, hidden.dtype)  # linear_token_logprobs' rule: same bits
-    sums = torch.zeros(6, dtype=torch.float32, device=hidden.device)
-    dhidden = torch.empty_like(hidden) if need_hidden else None
-    dweight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-    buf = torch.empty(min(chunk, N), V, dtype=hidden.dtype, device=hidden.device)  # the only logits
-    sl = lambda t, a, b: None if t is None else t[a:b]  # noqa: E731
-    for n0 in range(0, N, chunk):
-        n1 = min(n0 + chunk, N)
-        logits = torch.mm(hidden[n0:n1], weight.t(), out=buf[:n1 - n0])   # (c, V) in the input dtype
-        logp, lse, ent = token_logprobs_fwd(logits, target[n0:n1], temperature, return_entropy)
-        _, dlogp, part = grpo_fwd(logp, sl(old_logp, n0, n1), sl(ref_logp, n0, n1), advantages[n0:n1],
-                                  weights[n0:n1], eps_low, eps_high, beta, ent)
-        sums += part
-        if need_hidden or need_weight:
-            dlogits = token_logprobs_bwd(logits, target[n0:n1], lse, dlogp, temperature, out=logits)
-            if need_hidden:
-                torch.mm(dlogits, weight, out=dhidden[n0:n1])              # (c, d)
-            if need_weight:
-                addmm_fp32_(dweight, dlogits.t(), hidden[n0:n1])          # (V, d) += dlogits_cᵀ hidden_c
-    return sums[0], sums, dhidden, None if dweight is None else dweight.to(weight.dtype)
+# ----------------------------------------------------------------------------------------------------------
+# The policy loss of rows of logits, and the fused head's step around it (kernels/_head.py: `run_head`)
+# ----------------------------------------------------------------------------------------------------------
+def _grpo_rows(logits, tok: _Tokens, hp: GRPOHyperParams):
+    """The policy loss of rows of logits (n, V): logp (the kernel that scores rollouts), then the per-token
+    GRPO kernel. Returns (dlogp (n,), sums (N_SUMS,), lse (n,))."""
+    logp, lse, ent = token_logprobs_fwd(logits, tok.target, hp.temperature, hp.return_entropy)
+    _, dlogp, sums = grpo_fwd(logp, tok.old_logp, tok.ref_logp, tok.advantages, tok.weights, hp.eps_low,
+                              hp.eps_high, hp.beta, ent)
+    return dlogp, sums, lse
+
+
+def _linear_grpo(hidden, weight, tok: _Tokens, hp: GRPOHyperParams, chunk_size, need_hidden, need_weight):
+    """The fused head with a step that runs `_grpo_rows` on a chunk's logits, then overwrites them with
+    ∂loss/∂logits. Returns (sums (N_SUMS,), ∂hidden or None, ∂weight or None): the loss's gradients."""
+    sums = torch.zeros(N_SUMS.value, dtype=torch.float32, device=hidden.device)
+    grads = need_hidden or need_weight
+
+    def step(s, e, logits):
+        rows = tok.map(lambda t: t[s:e])
+        dlogp, part, lse = _grpo_rows(logits, rows, hp)
+        sums.add_(part)
+        return token_logprobs_bwd(logits, rows.target, lse, dlogp, hp.temperature, out=logits) if grads else None
+
+    dhidden, dweight = run_head(hidden, weight, step, chunk_size, need_hidden=need_hidden,
+                                need_weight=need_weight)
+    return sums, dhidden, None if dweight is None else dweight.to(weight.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,38 +336,32 @@ def linear_grpo_fwd(hidden, weight, target, old_logp, ref_logp, advantages, weig
 # ----------------------------------------------------------------------------------------------------------
 class _GRPOLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, old_logp, ref_logp, advantages, weights, temperature, eps_low, eps_high,
-                beta, return_entropy):
-        logp, lse, ent = token_logprobs_fwd(logits, target, temperature, return_entropy)
-        loss, dlogp, sums = grpo_fwd(logp, old_logp, ref_logp, advantages, weights, eps_low, eps_high, beta, ent)
-        ctx.save_for_backward(logits, target, lse, dlogp)
-        ctx.temperature = temperature
+    def forward(ctx, logits, tok: _Tokens, hp: GRPOHyperParams):
+        dlogp, sums, lse = _grpo_rows(logits, tok, hp)
+        ctx.save_for_backward(logits, tok.target, lse, dlogp)
+        ctx.temperature = hp.temperature
         ctx.mark_non_differentiable(sums)
-        return loss.clone(), sums  # the loss must not be a view of the non-differentiable sums
+        return sums[SUM_LOSS.value].clone(), sums  # the loss must not be a view of the non-differentiable sums
 
     @staticmethod
     def backward(ctx, dloss, _dsums):
         logits, target, lse, dlogp = ctx.saved_tensors
-        dlogits = token_logprobs_bwd(logits, target, lse, dlogp * dloss, ctx.temperature)
-        return dlogits, *([None] * 10)
+        return token_logprobs_bwd(logits, target, lse, dlogp * dloss, ctx.temperature), None, None
 
 
 class _LinearGRPOLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, target, old_logp, ref_logp, advantages, weights, temperature, eps_low,
-                eps_high, beta, return_entropy, chunk_size):
-        loss, sums, dhidden, dweight = linear_grpo_fwd(
-            hidden, weight, target, old_logp, ref_logp, advantages, weights, temperature, eps_low, eps_high,
-            beta, return_entropy, chunk_size, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    def forward(ctx, hidden, weight, tok: _Tokens, hp: GRPOHyperParams, chunk_size):
+        sums, dhidden, dweight = _linear_grpo(hidden, weight, tok, hp, chunk_size, *ctx.needs_input_grad[:2])
         ctx.save_for_backward(dhidden, dweight)  # the gradients, already computed: nothing else is kept
         ctx.mark_non_differentiable(sums)
-        return loss.clone(), sums
+        return sums[SUM_LOSS.value].clone(), sums
 
     @staticmethod
     def backward(ctx, dloss, _dsums):
         dhidden, dweight = ctx.saved_tensors
         return (None if dhidden is None else dhidden * dloss.to(dhidden.dtype),
-                None if dweight is None else dweight * dloss.to(dweight.dtype), *([None] * 11))
+                None if dweight is None else dweight * dloss.to(dweight.dtype), None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -397,13 +415,14 @@ def grpo_loss(logits, target, old_logp, ref_logp, advantages, weights, *, temper
         if return_entropy:
             stats.entropy_sum = (ent.detach().reshape(-1) * (flat(weights) > 0)).sum()
         return loss, stats
-    args = (logits.reshape(-1, logits.shape[-1]), flat(target), flat(old_logp), flat(ref_logp),
-            flat(advantages), flat(weights), temperature, eps_low, eps_high, beta, return_entropy)
-    if torch.is_grad_enabled() and logits.requires_grad:
-        loss, sums = _GRPOLoss.apply(*args)
+    tok = _Tokens(target, old_logp, ref_logp, advantages, weights).map(lambda t: t.reshape(-1))
+    hp = GRPOHyperParams(temperature, eps_low, eps_high, beta, return_entropy)
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    if needs_graph(logits):
+        loss, sums = _GRPOLoss.apply(flat_logits, tok, hp)
     else:
-        logp, _, ent = token_logprobs_fwd(args[0], args[1], temperature, return_entropy)
-        loss, _, sums = grpo_fwd(logp, *args[2:6], eps_low, eps_high, beta, ent)
+        _, sums, _ = _grpo_rows(flat_logits, tok, hp)
+        loss = sums[SUM_LOSS.value]
     return loss, _stats(sums, ref_logp is not None, return_entropy)
 
 
@@ -413,18 +432,18 @@ def linear_grpo_loss(hidden, weight, target, old_logp, ref_logp, advantages, wei
     `chunk_size` rows at a time (default: the rule `linear_token_logprobs` uses). Returns (loss, GRPOStats)."""
     linear_grpo_loss_args(hidden, weight, target, old_logp, ref_logp, advantages, weights, temperature=temperature,
                           eps_low=eps_low, eps_high=eps_high, beta=beta, chunk_size=chunk_size)
-    flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
     triton_path = use_triton(backend, hidden, weight, target, old_logp, ref_logp, advantages, weights)
     hidden, weight = autocast_inputs(hidden, weight)  # both paths run the head in the same dtype
     if not triton_path:
         return grpo_loss(hidden @ weight.t(), target, old_logp, ref_logp, advantages, weights,
                          temperature=temperature, eps_low=eps_low, eps_high=eps_high, beta=beta,
                          return_entropy=return_entropy, backend="reference")
-    args = (hidden.reshape(-1, hidden.shape[-1]), weight, flat(target), flat(old_logp), flat(ref_logp),
-            flat(advantages), flat(weights), temperature, eps_low, eps_high, beta, return_entropy, chunk_size)
-    with torch.autocast(hidden.device.type, enabled=False):
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            loss, sums = _LinearGRPOLoss.apply(*args)
-        else:
-            loss, sums, _, _ = linear_grpo_fwd(*args, need_hidden=False, need_weight=False)
+    tok = _Tokens(target, old_logp, ref_logp, advantages, weights).map(lambda t: t.reshape(-1))
+    hp = GRPOHyperParams(temperature, eps_low, eps_high, beta, return_entropy)
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    if needs_graph(hidden, weight):
+        loss, sums = _LinearGRPOLoss.apply(flat_hidden, weight, tok, hp, chunk_size)
+    else:
+        sums, _, _ = _linear_grpo(flat_hidden, weight, tok, hp, chunk_size, False, False)
+        loss = sums[SUM_LOSS.value]
     return loss, _stats(sums, ref_logp is not None, return_entropy)

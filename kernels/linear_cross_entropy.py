@@ -9,9 +9,10 @@ Math, with hidden h (N, d), the LM-head weight W (V, d) (no bias), target t (N,)
     dh     = dx W                                 (N, d)
     dW     = dxᵀ h = Σ_chunks dx_cᵀ h_c           (V, d), accumulated in fp32 over the chunks
 
-Chunking: the N tokens are processed in chunks of C rows (`chunk_size`). For each chunk the forward computes
-x_c = h_c Wᵀ (C, V) into one reused buffer, runs the cross-entropy kernel on it, which overwrites it in place
-with dx_c, then dh_c = dx_c W and dW += dx_cᵀ h_c. So the extra memory is one (C, V) buffer in the compute
+Chunking (`run_head` of kernels/_head.py, the loop every fused head shares): the N tokens are processed in
+chunks of C rows (`chunk_size`). For each chunk the forward computes x_c = h_c Wᵀ (C, V) into one reused
+buffer, runs the cross-entropy kernel on it, which overwrites it in place with dx_c, then dh_c = dx_c W and
+dW += dx_cᵀ h_c. So the extra memory is one (C, V) buffer in the compute
 dtype plus the fp32 dW accumulator, whatever N is: peak memory stays flat as N grows. FLOPs are the three
 matmuls of the plain LM head, 6·N·d·V for forward + backward, plus one pass over each chunk's logits.
 
@@ -29,12 +30,15 @@ its dtype differs (e.g. an fp32 master weight under autocast). The chunk logits 
 dtype, as a plain bf16 LM head would store them; softmax math is fp32 in the kernel; dx is rounded to the
 compute dtype before the two gradient matmuls. dh and dW come back in hidden's and weight's own dtypes.
 """
+from dataclasses import dataclass
+
 import torch
 
 from kernels._checks import linear_cross_entropy_args
 from kernels._dispatch import use_triton
-from kernels._head import addmm_fp32_, default_chunk_size
-from kernels.cross_entropy import _mean_scale, cross_entropy_bwd, cross_entropy_fwd, cross_entropy_reference
+from kernels._head import default_chunk_size, head_dtype, needs_graph, run_head
+from kernels.cross_entropy import _mean_scale, _reduce, cross_entropy_bwd, cross_entropy_fwd, \
+    cross_entropy_reference
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -54,11 +58,43 @@ def linear_cross_entropy_reference(hidden, weight, target, *, ignore_index: int 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Chunk helpers (the chunk rule and fp32 dW accumulation are in kernels/_head.py; the per-chunk work is the
-# cross-entropy kernel of kernels/cross_entropy.py)
+# Per-chunk steps: the cross-entropy kernels of kernels/cross_entropy.py on one chunk of logits; the loop
+# around them, the chunk rule and the fp32 dW are kernels/_head.py's `run_head`
 # ----------------------------------------------------------------------------------------------------------
-def _chunks(N: int, C: int):
-    return ((s, min(s + C, N)) for s in range(0, N, C))
+@dataclass(frozen=True)
+class _Options:
+    """What a call fixes besides the tensors."""
+    ignore_index: int
+    reduction: str
+    z_loss: float
+    softcap: float | None
+    chunk_size: int
+    dtype: torch.dtype          # the compute dtype (`head_dtype`)
+
+    @property
+    def kernel_args(self):
+        return dict(ignore_index=self.ignore_index, z_loss=self.z_loss, softcap=self.softcap)
+
+
+def _forward(hidden, weight, target, o: _Options, need_hidden, need_weight):
+    """(loss (N,), lse (N,), scale, dh, dW): fp32 losses and lse; scale the 1-element 1/n for "mean" (else
+    None); for "mean"/"sum", dh (compute dtype) and dW (fp32) of the reduced loss with r folded in, as asked
+    by need_hidden / need_weight (else None): the kernel writes dx_c over x_c during the forward."""
+    h, w = hidden.to(o.dtype), weight.to(o.dtype)              # (N, d), (V, d): cast once when dtypes differ
+    N = h.shape[0]
+    loss = torch.empty(N, device=h.device, dtype=torch.float32)
+    lse = torch.empty(N, device=h.device, dtype=torch.float32)
+    scale = _mean_scale(target, o.ignore_index) if o.reduction == "mean" else None
+    grads = o.reduction != "none" and (need_hidden or need_weight)
+
+    def step(s, e, x):
+        cross_entropy_fwd(x, target[s:e], dlogits=x if grads else None, grad_scale=scale, loss=loss[s:e],
+                          lse=lse[s:e], **o.kernel_args)
+        return x if grads else None
+
+    dh, dw = run_head(h, w, step, o.chunk_size, need_hidden=grads and need_hidden,
+                      need_weight=grads and need_weight)
+    return loss, lse, scale, dh, dw
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -66,48 +102,18 @@ def _chunks(N: int, C: int):
 # ----------------------------------------------------------------------------------------------------------
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, target, ignore_index, reduction, z_loss, softcap, chunk_size, compute_dtype,
-                grad_enabled):
-        kw = dict(ignore_index=ignore_index, z_loss=z_loss, softcap=softcap)
-        N, d = hidden.shape
-        V = weight.shape[0]
-        # needs_input_grad is True under torch.no_grad too; grad_enabled (the caller's mode) says if it counts
-        needs_h, needs_w = (grad_enabled and n for n in ctx.needs_input_grad[:2])
-        grads_now = reduction != "none" and (needs_h or needs_w)
-        dev = hidden.device
-        with torch.autocast(device_type=dev.type, enabled=False):
-            h = hidden.to(compute_dtype)                           # (N, d)
-            w = weight.to(compute_dtype)                           # (V, d), cast once when dtypes differ
-            loss = torch.empty(N, device=dev, dtype=torch.float32)
-            lse = torch.empty(N, device=dev, dtype=torch.float32)
-            scale = _mean_scale(target, ignore_index) if reduction == "mean" else None
-            dh = torch.empty(N, d, device=dev, dtype=compute_dtype) if grads_now and needs_h else None
-            dw = torch.zeros(V, d, device=dev, dtype=torch.float32) if grads_now and needs_w else None
-            buf = torch.empty(min(chunk_size, N), V, device=dev, dtype=compute_dtype)  # (C, V) the only logits
-            for s, e in _chunks(N, chunk_size):
-                x = buf[: e - s]
-                torch.mm(h[s:e], w.t(), out=x)                     # (c, V) this chunk's logits
-                cross_entropy_fwd(x, target[s:e], dlogits=x if grads_now else None, grad_scale=scale,
-                                  loss=loss[s:e], lse=lse[s:e], **kw)
-                if dh is not None:
-                    torch.mm(x, w, out=dh[s:e])                    # (c, d) dx_c W
-                if dw is not None:
-                    addmm_fp32_(dw, x.t(), h[s:e])                # (V, d) += dx_cᵀ h_c
-            del buf
-        ctx.mode = None
-        if grads_now:
+    def forward(ctx, hidden, weight, target, o: _Options):
+        needs_h, needs_w = ctx.needs_input_grad[:2]
+        loss, lse, scale, dh, dw = _forward(hidden, weight, target, o, needs_h, needs_w)
+        if o.reduction != "none":
             ctx.save_for_backward(dh, dw)
             ctx.mode = "scale"
-        elif needs_h or needs_w:
+        else:
             ctx.save_for_backward(hidden, weight, target, lse)
             ctx.mode = "recompute"
-        ctx.kw, ctx.chunk_size, ctx.compute_dtype = kw, chunk_size, compute_dtype
+        ctx.o = o
         ctx.dtypes = (hidden.dtype, weight.dtype)
-        if reduction == "sum":
-            return loss.sum()
-        if reduction == "mean":
-            return loss.sum() * scale[0]
-        return loss
+        return _reduce(loss, o.reduction, scale)
 
     @staticmethod
     def backward(ctx, dloss):
@@ -121,28 +127,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g = dloss.to(torch.float32)
             dh = None if dh is None else dh.mul_(g).to(h_dtype)           # bf16 · fp32 scalar, fp32 math
             dw = None if dw is None else dw.mul_(g).to(w_dtype)
-            return dh, dw, None, None, None, None, None, None, None, None
+            return dh, dw, None, None
         hidden, weight, target, lse = ctx.saved_tensors
-        needs_h, needs_w = ctx.needs_input_grad[:2]
-        N, d = hidden.shape
-        V = weight.shape[0]
-        cd, dev = ctx.compute_dtype, hidden.device
-        with torch.autocast(device_type=dev.type, enabled=False):
-            h, w = hidden.to(cd), weight.to(cd)
-            dh = torch.empty(N, d, device=dev, dtype=cd) if needs_h else None
-            dw = torch.zeros(V, d, device=dev, dtype=torch.float32) if needs_w else None
-            buf = torch.empty(min(ctx.chunk_size, N), V, device=dev, dtype=cd)
-            for s, e in _chunks(N, ctx.chunk_size):
-                x = buf[: e - s]
-                torch.mm(h[s:e], w.t(), out=x)                     # recompute this chunk's logits
-                cross_entropy_bwd(x, target[s:e], lse[s:e], dloss[s:e], dlogits=x, **ctx.kw)
-                if dh is not None:
-                    torch.mm(x, w, out=dh[s:e])
-                if dw is not None:
-                    addmm_fp32_(dw, x.t(), h[s:e])
-        dh = None if dh is None else dh.to(h_dtype)
-        dw = None if dw is None else dw.to(w_dtype)
-        return dh, dw, None, None, None, None, None, None, None, None
+        o = ctx.o
+
+        def step(s, e, x):                                           # x: this chunk's logits, recomputed
+            return cross_entropy_bwd(x, target[s:e], lse[s:e], dloss[s:e], dlogits=x, **o.kernel_args)
+
+        dh, dw = run_head(hidden.to(o.dtype), weight.to(o.dtype), step, o.chunk_size,
+                          need_hidden=ctx.needs_input_grad[0], need_weight=ctx.needs_input_grad[1])
+        return None if dh is None else dh.to(h_dtype), None if dw is None else dw.to(w_dtype), None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -159,12 +153,10 @@ def linear_cross_entropy(hidden, weight, target, *, ignore_index: int = -100, re
     if not use_triton(backend, hidden, weight, target):
         return linear_cross_entropy_reference(hidden, weight, target, ignore_index=ignore_index,
                                               reduction=reduction, z_loss=z_loss, softcap=softcap)
-    dev = hidden.device.type
-    compute_dtype = hidden.dtype
-    if compute_dtype == torch.float32 and torch.is_autocast_enabled(dev):
-        compute_dtype = torch.get_autocast_dtype(dev)
-    N, V = hidden.shape[0], weight.shape[0]
-    chunk = chunk_size or default_chunk_size(N, V, compute_dtype)
-    return _LinearCrossEntropy.apply(hidden, weight, target, ignore_index, reduction, float(z_loss),
-                                     None if softcap is None else float(softcap), chunk, compute_dtype,
-                                     torch.is_grad_enabled())
+    dtype = head_dtype(hidden)
+    o = _Options(ignore_index, reduction, float(z_loss), None if softcap is None else float(softcap),
+                 chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0], dtype), dtype)
+    if needs_graph(hidden, weight):
+        return _LinearCrossEntropy.apply(hidden, weight, target, o)
+    loss, _, scale, _, _ = _forward(hidden, weight, target, o, False, False)
+    return _reduce(loss, reduction, scale)

@@ -17,12 +17,13 @@ on both paths (checked before dispatch, see `kernels._checks`: on CUDA one host 
 
 Memory: the (N, V) log-softmax is never formed. The forward reads each row once and keeps (lse, H) per
 row (8 bytes); the backward reads the row again and recomputes p from lse. In `linear_token_logprobs` the
-logits themselves exist only for one chunk of rows at a time: logits_c = hidden_c @ weightᵀ (a matmul in
-the input dtype, bf16 on GPU, fp32 accumulate), then the same kernels; its backward recomputes the chunk's
-logits, writes ∂L/∂logits over them in place, and accumulates ∂L/∂hidden_c = dlogits_c @ weight and
-∂L/∂weight += dlogits_cᵀ @ hidden_c in an fp32 accumulator. Chunking and accumulation are the fused
-cross-entropy's (kernels/linear_cross_entropy.py). Peak extra memory is one (chunk, V) logits buffer plus
-that accumulator, flat in N. Under torch.autocast an fp32 hidden runs the head in the autocast dtype.
+logits themselves exist only for one chunk of rows at a time: the fused head of kernels/_head.py computes
+logits_c = hidden_c @ weightᵀ (a matmul in the compute dtype, bf16 on GPU, fp32 accumulate) and runs the
+same forward kernel on it; the backward recomputes the chunk's logits, writes ∂L/∂logits over them in place
+with the backward kernel, and the head accumulates ∂L/∂hidden_c = dlogits_c @ weight and
+∂L/∂weight += dlogits_cᵀ @ hidden_c in an fp32 accumulator. Peak extra memory is one (chunk, V) logits
+buffer plus that accumulator, flat in N. Under torch.autocast an fp32 hidden runs the head in the autocast
+dtype; hidden and weight are cast to it before the autograd Function, and ∂weight is rounded to it.
 
 Numerics: all softmax math is fp32 whatever the logits dtype, through the online log-sum-exp helpers of
 kernels/_lse.py that the cross-entropy uses (base-2 exp/log, temperature applied on load as x / T).
@@ -33,16 +34,13 @@ reproducible for the same chunk shape).
 With grad disabled nothing is saved for backward.
 Supported: fp32, fp16, bf16 logits/hidden/weight; any N ≥ 0, any V ≥ 1; outputs are fp32.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from kernels._checks import linear_token_logprobs_args, token_logprobs_args
-from kernels._dispatch import use_triton
-# the fused cross-entropy's chunking rule and fp32 ∂W accumulation, so both heads run the same scheme
-from kernels._head import addmm_fp32_, default_chunk_size
+from kernels._dispatch import row_block, use_triton
+from kernels._head import autocast_inputs, needs_graph, run_head
 from kernels._lse import (
     LOG2E, lse_finalize, lse_init, lse_update, load_logit, load_logits_block, softmax_block, transform_grad,
 )
@@ -145,17 +143,10 @@ def _token_logprobs_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
-def _interpreting():
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _block_v(V):
-    """(BLOCK_V, num_warps). Interpreter: a small tile keeps tests quick and still crosses tile boundaries.
-    CUDA: the cross-entropy's choice, up to 8192 fp32 lanes (16 per thread at 16 warps), few iterations a row."""
-    if _interpreting():
-        return min(triton.next_power_of_2(V), 128), 1
-    block = min(triton.next_power_of_2(V), 8192)
-    return block, max(1, min(16, block // 512))
+    """`row_block` with 128-lane tiles under the interpreter: the log-prob tests' vocabularies (a few hundred
+    at most) then span several tiles, which is where the entropy's running rescale can go wrong."""
+    return row_block(V, interpreted=128)
 
 
 def _check_rows(logits, target):
@@ -225,59 +216,25 @@ def token_logprobs_bwd(logits, target, lse, dlogp, temperature=1.0, entropy=None
     return out
 
 
-def _check_linear(hidden, weight, target):
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"hidden must be (N, d) and weight (V, d), got {tuple(hidden.shape)} and "
-                         f"{tuple(weight.shape)}")
-    if target.shape != hidden.shape[:1]:
-        raise ValueError(f"target must be (N,) = {tuple(hidden.shape[:1])}, got shape {tuple(target.shape)}")
-    if hidden.dtype != weight.dtype:
-        raise TypeError(f"hidden is {hidden.dtype} but weight is {weight.dtype}")
-
-
-def linear_token_logprobs_fwd(hidden, weight, target, temperature=1.0, return_entropy=False, chunk_size=None):
-    """Chunked head + forward kernel. Returns fp32 (logp, lse, entropy or None), each (N,)."""
-    _check_linear(hidden, weight, target)
-    N, d = hidden.shape
-    V = weight.shape[0]
-    chunk = chunk_size or default_chunk_size(N, V, hidden.dtype)
+# ----------------------------------------------------------------------------------------------------------
+# The fused head's forward: the forward kernel on each chunk of logits (the loop around it, the chunk rule
+# and the fp32 ∂W are kernels/_head.py's `run_head`; the backward step is in `_LinearTokenLogprobs`)
+# ----------------------------------------------------------------------------------------------------------
+def _linear_fwd(hidden, weight, target, temperature, return_entropy, chunk_size):
+    """fp32 (logp, lse, entropy or None), each (N,), of hidden (N, d) @ weight (V, d)ᵀ. Rollout scoring and
+    the forward of `_LinearTokenLogprobs` both run this, so they give the same bits."""
+    N = hidden.shape[0]
     logp = torch.empty(N, dtype=torch.float32, device=hidden.device)
     lse = torch.empty_like(logp)
     entropy = torch.empty_like(logp) if return_entropy else None
-    buf = torch.empty(min(chunk, N), V, dtype=hidden.dtype, device=hidden.device)  # the only logits
-    for n0 in range(0, N, chunk):
-        n1 = min(n0 + chunk, N)
-        logits = torch.mm(hidden[n0:n1], weight.t(), out=buf[:n1 - n0])   # (c, V) in the input dtype
-        lp, ls, ent = token_logprobs_fwd(logits, target[n0:n1], temperature, return_entropy)
-        logp[n0:n1], lse[n0:n1] = lp, ls
+
+    def step(s, e, logits):
+        logp[s:e], lse[s:e], ent = token_logprobs_fwd(logits, target[s:e], temperature, return_entropy)
         if return_entropy:
-            entropy[n0:n1] = ent
+            entropy[s:e] = ent
+
+    run_head(hidden, weight, step, chunk_size)
     return logp, lse, entropy
-
-
-def linear_token_logprobs_bwd(hidden, weight, target, lse, dlogp, temperature=1.0, entropy=None,
-                              dentropy=None, chunk_size=None, need_hidden=True, need_weight=True):
-    """Recompute each chunk's logits, turn them into ∂L/∂logits in place, and push them through the head.
-    Returns (∂L/∂hidden or None, ∂L/∂weight or None) in the input dtype."""
-    N, d = hidden.shape
-    V = weight.shape[0]
-    chunk = chunk_size or default_chunk_size(N, V, hidden.dtype)
-    dhidden = torch.empty_like(hidden) if need_hidden else None
-    # ∂L/∂weight sums over every chunk: in fp32, so that it does not round at bf16 once per chunk
-    dweight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-    buf = torch.empty(min(chunk, N), V, dtype=hidden.dtype, device=hidden.device)
-    for n0 in range(0, N, chunk):
-        n1 = min(n0 + chunk, N)
-        logits = torch.mm(hidden[n0:n1], weight.t(), out=buf[:n1 - n0])   # (c, V) recomputed
-        dlogits = token_logprobs_bwd(
-            logits, target[n0:n1], lse[n0:n1], dlogp[n0:n1], temperature,
-            None if entropy is None else entropy[n0:n1], None if dentropy is None else dentropy[n0:n1],
-            out=logits)
-        if need_hidden:
-            torch.mm(dlogits, weight, out=dhidden[n0:n1])                  # (c, d)
-        if need_weight:
-            addmm_fp32_(dweight, dlogits.t(), hidden[n0:n1])              # (V, d) += dlogits_cᵀ hidden_c
-    return dhidden, None if dweight is None else dweight.to(weight.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -305,8 +262,7 @@ class _TokenLogprobs(torch.autograd.Function):
 class _LinearTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, target, temperature, return_entropy, chunk_size):
-        logp, lse, entropy = linear_token_logprobs_fwd(hidden, weight, target, temperature, return_entropy,
-                                                       chunk_size)
+        logp, lse, entropy = _linear_fwd(hidden, weight, target, temperature, return_entropy, chunk_size)
         ctx.save_for_backward(hidden, weight, target, lse, entropy)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         ctx.set_materialize_grads(False)
@@ -317,31 +273,26 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         hidden, weight, target, lse, entropy = ctx.saved_tensors
         if dlogp is None:
             dlogp = torch.zeros_like(lse)
-        with torch.autocast(hidden.device.type, enabled=False):  # fp32 ∂W accumulator: no autocast casts
-            dhidden, dweight = linear_token_logprobs_bwd(
-                hidden, weight, target, lse, dlogp, ctx.temperature,
-                entropy if dentropy is not None else None, dentropy, ctx.chunk_size,
-                need_hidden=ctx.needs_input_grad[0], need_weight=ctx.needs_input_grad[1])
-        return dhidden, dweight, None, None, None, None
+        with_entropy = dentropy is not None
+
+        def step(s, e, logits):  # the chunk's logits, recomputed, overwritten with ∂L/∂logits
+            return token_logprobs_bwd(logits, target[s:e], lse[s:e], dlogp[s:e], ctx.temperature,
+                                      entropy[s:e] if with_entropy else None,
+                                      dentropy[s:e] if with_entropy else None, out=logits)
+
+        dhidden, dweight = run_head(hidden, weight, step, ctx.chunk_size, need_hidden=ctx.needs_input_grad[0],
+                                    need_weight=ctx.needs_input_grad[1])
+        return dhidden, None if dweight is None else dweight.to(weight.dtype), None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Public functions
 # ----------------------------------------------------------------------------------------------------------
-def autocast_inputs(hidden, weight):
-    """The head's compute dtype: hidden's own, or under torch.autocast the autocast dtype for an fp32 hidden
-    (as a plain `hidden @ weightᵀ` would run). The casts are outside the autograd Functions, so autograd
-    returns ∂hidden and ∂weight in their own dtypes (e.g. an fp32 master weight)."""
-    dtype = hidden.dtype
-    if dtype == torch.float32 and torch.is_autocast_enabled(hidden.device.type):
-        dtype = torch.get_autocast_dtype(hidden.device.type)
-    if weight.dtype != dtype or hidden.dtype != dtype:
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-    return hidden, weight
-
-
-def _needs_graph(*tensors):
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def _shaped(out, lead, return_entropy):
+    """The flat (N,) outputs viewed as the targets' shape: logp, or (logp, entropy)."""
+    if return_entropy:
+        return out[0].view(lead), out[1].view(lead)
+    return out.view(lead)
 
 
 def token_logprobs(logits, target, *, temperature: float = 1.0, return_entropy: bool = False,
@@ -353,14 +304,12 @@ def token_logprobs(logits, target, *, temperature: float = 1.0, return_entropy: 
         return token_logprobs_reference(logits, target, temperature=temperature, return_entropy=return_entropy)
     lead = target.shape
     flat_logits, flat_target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
-    if _needs_graph(logits):
+    if needs_graph(logits):
         out = _TokenLogprobs.apply(flat_logits, flat_target, temperature, return_entropy)
     else:  # scoring: nothing is saved
         logp, _, entropy = token_logprobs_fwd(flat_logits, flat_target, temperature, return_entropy)
         out = (logp, entropy) if return_entropy else logp
-    if return_entropy:
-        return out[0].view(lead), out[1].view(lead)
-    return out.view(lead)
+    return _shaped(out, lead, return_entropy)
 
 
 def linear_token_logprobs(hidden, weight, target, *, temperature: float = 1.0, return_entropy: bool = False,
@@ -375,14 +324,10 @@ def linear_token_logprobs(hidden, weight, target, *, temperature: float = 1.0, r
                                         return_entropy=return_entropy)
     lead = target.shape
     flat_hidden, flat_target = hidden.reshape(-1, hidden.shape[-1]), target.reshape(-1)
-    with torch.autocast(hidden.device.type, enabled=False):
-        if _needs_graph(hidden, weight):
-            out = _LinearTokenLogprobs.apply(flat_hidden, weight, flat_target, temperature, return_entropy,
-                                             chunk_size)
-        else:  # scoring: nothing is saved
-            logp, _, entropy = linear_token_logprobs_fwd(flat_hidden, weight, flat_target, temperature,
-                                                         return_entropy, chunk_size)
-            out = (logp, entropy) if return_entropy else logp
-    if return_entropy:
-        return out[0].view(lead), out[1].view(lead)
-    return out.view(lead)
+    if needs_graph(hidden, weight):
+        out = _LinearTokenLogprobs.apply(flat_hidden, weight, flat_target, temperature, return_entropy,
+                                         chunk_size)
+    else:  # scoring: nothing is saved
+        logp, _, entropy = _linear_fwd(flat_hidden, weight, flat_target, temperature, return_entropy, chunk_size)
+        out = (logp, entropy) if return_entropy else logp
+    return _shaped(out, lead, return_entropy)
