@@ -38,6 +38,7 @@ import io
 import math
 import os
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -313,8 +314,8 @@ def main(argv=None) -> int:
         return 2
     first = {(ln.job(), arch): ln for arch, lns in launches.items() for ln in reversed(lns)}
     jobs = sorted(first, key=lambda j: _cost(first[j]), reverse=True)
-    print(f"bench.compile: {sum(map(len, launches.values()))} launches from {len(selected)} cases, "
-          f"{len(jobs)} distinct compiles on {args.jobs} processes ...", flush=True)
+    print(f"bench.compile: {sum(map(len, launches.values()))} launches from {len(selected)} cases captured in "
+          f"{time.perf_counter() - start:.0f} s; {len(jobs)} distinct compiles on {args.jobs} processes ...", flush=True)
     cache = tempfile.mkdtemp(prefix="tritium-compile-")
     os.environ["TRITON_CACHE_DIR"] = cache  # fresh for this run; the pool inherits it
     try:
@@ -330,8 +331,9 @@ def main(argv=None) -> int:
     unreached = sorted(launched_kernels() - reached) if not args.case else []
     lines += [f"case failed to run: {name}: {err}" for name, err in case_errors.items()]
     lines += [f"kernel launched in kernels/ but reached by no case: {name}" for name in unreached]
-    compile_s = sum(r["seconds"] for r in results.values())
-    lines.append(f"{len(jobs)} compiles ({compile_s:.0f} s of compiling) in {seconds:.0f} s wall; Triton "
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    lines.append(f"{len(jobs)} compiles in {seconds:.0f} s wall, {cpu:.0f} s of CPU time; Triton "
                  f"{sys.modules['triton'].__version__}")
     print("\n" + "\n".join(lines))
     if args.report:

@@ -86,10 +86,11 @@ def _internals():
         from triton.compiler import ASTSource, make_backend
         from triton.runtime.autotuner import Autotuner
         from triton.runtime.jit import JITFunction, create_function_from_signature
+        from triton import knobs
         for owner, attr in ((JITFunction, "run"), (JITFunction, "_pack_args"), (Autotuner, "run"),
-                            (Autotuner, "prune_configs")):
+                            (Autotuner, "prune_configs"), (knobs.nvidia, "dump_ptxas_log")):
             if not hasattr(owner, attr):
-                raise AttributeError(f"{owner.__name__}.{attr}")
+                raise AttributeError(f"{getattr(owner, '__name__', type(owner).__name__)}.{attr}")
     except (ImportError, AttributeError) as e:
         raise UnsupportedTriton(f"Triton {_version()} does not have {e}") from e
     _TRITON_DIR = str(Path(triton.__file__).resolve().parent)
@@ -169,7 +170,7 @@ class _Recorder:
             tuner.nargs = None
 
     def device_properties(self, device=None):
-        return types.SimpleNamespace(multi_processor_count=self.sms, name="captured", major=9, minor=0)
+        return types.SimpleNamespace(multi_processor_count=self.sms)
 
 
 @contextlib.contextmanager

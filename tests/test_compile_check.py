@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.compile import ARCH, judge, resident_warps
-from bench.compile_capture import Launch
+from bench.compile_capture import Launch, UnsupportedTriton, _internals
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,6 +60,16 @@ def test_shared_memory_limits_are_the_opt_in_maxima():
 ])
 def test_resident_warps(regs, warps, shared, arch, want):
     assert resident_warps(regs, warps, shared, arch) == want
+
+
+def test_a_triton_without_the_driven_internals_is_refused(monkeypatch):
+    monkeypatch.delattr("triton.runtime.jit.create_function_from_signature")
+    with pytest.raises(UnsupportedTriton, match="create_function_from_signature"):
+        _internals()
+    monkeypatch.undo()
+    monkeypatch.delattr("triton.runtime.autotuner.Autotuner.prune_configs")
+    with pytest.raises(UnsupportedTriton, match="prune_configs"):
+        _internals()
 
 
 def test_cross_entropy_compiles_for_sm90():
