@@ -15,21 +15,31 @@ online-softmax numbers:
 Scores are in base-2 units throughout (S·log2 e, with log2 e folded into `qk_scale`), so the running max m
 and the saved lse2 are base 2 too.
 """
-import os
-
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x · log2 e)
+from kernels._dispatch import interpreting
+
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x · log2 e); host side only (launchers fold it into qk_scale)
 
 
-def autotune_configs(cuda_configs):
-    """Autotune configs from (BLOCK_M, BLOCK_N, num_warps, num_stages) tuples on CUDA."""
+def autotune_configs(by_head_dim: dict[int, list[tuple]]) -> dict:
+    """`triton.autotune` arguments from per-head-dim lists of (BLOCK_M, BLOCK_N, num_warps, num_stages): a
+    launch with head dim D is offered only the list of the smallest key >= D. Every listed configuration
+    compiles without spilling registers on sm_90 and sm_80 at its head dims (bench/compile.py checks each one
+    the autotuner can pick), so the autotuner never picks a spilling tile because it happened to time fastest."""
     # Under the interpreter every program runs in numpy, so one small tile keeps tests fast and still makes
     # short sequences span several blocks (tails get exercised).
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in cuda_configs]
+    if interpreting():
+        return dict(configs=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)])
+    table = {d: [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
+             for d, tiles in sorted(by_head_dim.items())}
+
+    def for_head_dim(configs, named_args, **kwargs):
+        return table[min(d for d in table if d >= kwargs["HEAD_DIM"])]
+
+    configs = list(dict.fromkeys(c for tiles in table.values() for c in tiles))  # the union, each once
+    return dict(configs=configs, prune_configs_by={"early_config_prune": for_head_dim})
 
 
 @triton.jit

@@ -31,6 +31,7 @@ import math
 import numbers
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the kernels load as activations
 INDEX_DTYPES = (torch.int64, torch.int32)
@@ -120,8 +121,9 @@ def _same_device(first_name, first, **others):
 
 def _targets_in_vocab(target, V, ignore_index=None):
     """The one check that reads values (a host sync on CUDA; see the module docstring). With ignore_index
-    None every negative target is ignored; otherwise exactly ignore_index is."""
-    if target.numel() == 0:
+    None every negative target is ignored; otherwise exactly ignore_index is. Tensors without values (meta
+    and fake tensors, as in shape tracing and in bench/compile.py's launch capture) have nothing to check."""
+    if target.numel() == 0 or target.is_meta or is_fake(target):
         return
     if ignore_index is None:
         hi = int(target.max())

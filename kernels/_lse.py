@@ -56,15 +56,18 @@ Conventions: the vocabulary dimension of the logits must be contiguous (stride 1
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634  # log2(e): exp(a) = exp2(a · LOG2E)
-LN2: tl.constexpr = 0.6931471805599453  # ln(2):   log(a) = log2(a) · LN2
+# Globals read inside @triton.jit must be tl.constexpr objects: an annotation (`LOG2E: tl.constexpr = ...`)
+# satisfies the interpreter but not the compiler. Keep the constant on the right of a product with a tensor
+# (`t * LOG2E`): the interpreter evaluates `LOG2E * t` as a constexpr wrapping the tensor.
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(a) = exp2(a · LOG2E)
+LN2 = tl.constexpr(0.6931471805599453)  # ln(2):   log(a) = log2(a) · LN2
 
 
 @triton.jit
 def _tanh(x):
     # tanh(x) = sign(x) · (1 − e) / (1 + e) with e = exp(−2|x|) ∈ (0, 1]: no overflow for any x, and ±inf
     # map to ±1. Written out because the interpreter and every GPU backend all have exp2.
-    e = tl.exp2((-2.0 * LOG2E) * tl.abs(x))
+    e = tl.exp2(tl.abs(x) * (-2.0 * LOG2E))
     t = (1.0 - e) / (1.0 + e)
     return tl.where(x < 0, -t, t)
 

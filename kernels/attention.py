@@ -39,13 +39,15 @@ second kernel merges them with the same online softmax: lse2 = log2 Σ_c 2^lse2_
 
 FLOPs: forward 4·B·H·Tq·Tk·D (two matmuls), about half of that when causal with Tq == Tk; the backward does
 five matmuls (S, dV, dP, dQ, dK), 2.5× the forward.
-Dtypes: fp32, fp16, bf16 (same for q, k, v); output in q's dtype; every accumulation in fp32, and fp32
-inputs use IEEE fp32 products (no TF32). Head dims 16, 32, 64, 128 on the Triton path. Inputs may be
-non-contiguous views (strides are honoured), e.g. `k_cache[:, :, :length]`.
+Dtypes: fp32, fp16, bf16 (same for q, k, v); output in q's dtype; every accumulation in fp32. Compiled for a
+GPU, the kernels take fp16 and bf16, and fp32 attention runs through SDPA (same mask and results): with IEEE
+fp32 products (no TF32) Triton emits FMA loops that spill heavily and, at head dim 128, need more shared
+memory than an A100 has. Under the interpreter fp32 runs the kernels, which is how the CPU tests check them
+exactly. Head dims 16, 32, 64, 128 on the Triton path. Inputs may be non-contiguous views (strides are
+honoured), e.g. `k_cache[:, :, :length]`.
 Simplifications: key blocks are skipped by the causal bound only, not by document ids; the decode kernel is
 forward-only (with gradients required, small Tq takes the general path).
 """
-import os
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +59,7 @@ from kernels._attention_common import (
     online_softmax_init, online_softmax_step,
 )
 from kernels._checks import attention_args
-from kernels._dispatch import use_triton
+from kernels._dispatch import interpreting, use_triton
 from kernels.attention_bwd import attention_bwd
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -132,7 +134,18 @@ def _attention_sdpa(q, k, v, causal, doc_ids, scale):
 
 
 # ----------------------------------------------------------------------------------------------- kernels
-@triton.autotune(configs=autotune_configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4)]),
+# (BLOCK_M, BLOCK_N, warps, stages) per head dim, each free of spills on sm_90 and sm_80 (bench/compile.py).
+# A 128-row tile takes 8 warps: over 4 its fp32 accumulator and scores spill at head dim 128 (and with
+# documents at 32 and 64); 128 x 128 tiles spill too, and at head dim 128 64-row tiles over 4 warps reach the
+# 255-register limit or spill.
+FWD_CONFIGS = {
+    32: [(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3), (64, 128, 4, 3)],
+    64: [(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3), (64, 128, 4, 3)],
+    128: [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3), (64, 64, 8, 3)],
+}
+
+
+@triton.autotune(**autotune_configs(FWD_CONFIGS),
                  key=["HEAD_DIM", "IS_CAUSAL", "HAS_DOCS", "t_bucket"])
 @triton.jit
 def _attention_fwd_kernel(
@@ -282,6 +295,8 @@ def _check(q, k, v, doc_ids):
 def _check_triton(q):
     if q.shape[-1] not in HEAD_DIMS:
         raise ValueError(f"the Triton attention supports head dims {HEAD_DIMS}; got q {tuple(q.shape)}")
+    if q.dtype == torch.float32 and not interpreting():
+        raise ValueError("the compiled Triton attention takes fp16 or bf16; `attention` runs fp32 through SDPA")
 
 
 def _doc_args(doc_ids, placeholder):
@@ -320,7 +335,7 @@ def attention_decode(q, k, v, doc_ids, causal: bool, scale: float, num_splits: i
                          f"k {tuple(k.shape)}")
     if B == 0:  # an empty batch: nothing to launch (and no programs to share the SMs among)
         return torch.empty((0, H, Tq, D), device=q.device, dtype=q.dtype)
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    interpret = interpreting()
     block_n = 16 if interpret else 64
     n_blocks = triton.cdiv(Tk, block_n)
     if num_splits is None:  # about two programs per SM, never a split without keys
@@ -334,15 +349,18 @@ def attention_decode(q, k, v, doc_ids, causal: bool, scale: float, num_splits: i
     o = torch.empty((B, H, Tq, D), device=q.device, dtype=q.dtype)
     doc, doc_strides = _doc_args(doc_ids, plse)
     block_m = max(16, triton.next_power_of_2(n_rows))
+    # Both kernels hold (BLOCK_M, D) fp32 tiles: up to 64 x 128 fit 4 warps; 128 rows at head dim 128 spill
+    # registers over 4 warps (bench/compile.py), so they take 8.
+    warps = 4 if block_m * D <= 64 * 128 else 8
     _attention_decode_kernel[(B * Hkv, num_splits)](
         q, k, v, doc, po, plse,
         *q.stride(), *k.stride(), *v.stride(), *doc_strides,
         Hkv, Tq, Tk, group, scale * LOG2E, keys_per_split, num_splits,
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=causal, HAS_DOCS=doc_ids is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=1 if interpret else 3)
+        num_warps=warps, num_stages=1 if interpret else 3)
     _attention_decode_combine_kernel[(B * Hkv,)](
-        po, plse, o, *o.stride(), Hkv, Tq, group, num_splits, HEAD_DIM=D, BLOCK_M=block_m, num_warps=4)
+        po, plse, o, *o.stride(), Hkv, Tq, group, num_splits, HEAD_DIM=D, BLOCK_M=block_m, num_warps=warps)
     return o
 
 
@@ -378,6 +396,8 @@ def attention(q, k, v, *, causal: bool = True, doc_ids: torch.Tensor | None = No
         return _attention_sdpa(q, k, v, causal, doc_ids, scale)
     if not use_triton(backend, q, k, v, doc_ids):
         return attention_reference(q, k, v, causal=causal, doc_ids=doc_ids, scale=scale)
+    if q.dtype == torch.float32 and not interpreting():  # fp32 on a GPU: SDPA (module docstring, Dtypes)
+        return _attention_sdpa(q, k, v, causal, doc_ids, scale)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     group = q.shape[1] // k.shape[1]
     if not needs_grad and q.shape[2] <= DECODE_MAX_TQ and group * q.shape[2] <= DECODE_MAX_ROWS:

@@ -38,7 +38,23 @@ def _attention_bwd_preprocess_kernel(
     tl.store(delta_ptr + pid_bh * Tq + offs_m, tl.sum(o * do, axis=1), mask=row_ok)
 
 
-@triton.autotune(configs=autotune_configs([(32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 3)]),
+# (BLOCK_M, BLOCK_N, warps, stages) per head dim, each free of spills on sm_90 and sm_80 (bench/compile.py).
+# dK/dV keeps K, V and two fp32 (BLOCK_N, D) accumulators live for the whole loop: at head dim 128 that
+# leaves room for 16- or 32-row query blocks only, and for 64 keys at most over 4 warps.
+DKDV_CONFIGS = {
+    64: [(32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 3)],
+    128: [(32, 64, 8, 3), (16, 128, 8, 3), (32, 32, 4, 3), (16, 64, 4, 3)],
+}
+# dQ keeps Q, dO and the fp32 dQ accumulator (BLOCK_M, D) live: 128 rows need 8 warps, and at head dim 128
+# so does a 64 x 64 tile (64 x 32 fits 4).
+DQ_CONFIGS = {
+    32: [(128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 32, 4, 4)],
+    64: [(128, 32, 8, 3), (64, 32, 4, 3), (64, 32, 4, 4), (32, 64, 4, 3)],
+    128: [(64, 64, 8, 3), (64, 32, 4, 3), (64, 32, 4, 4), (32, 64, 4, 3)],
+}
+
+
+@triton.autotune(**autotune_configs(DKDV_CONFIGS),
                  key=["HEAD_DIM", "IS_CAUSAL", "HAS_DOCS", "GROUP", "t_bucket"])
 @triton.jit
 def _attention_bwd_dkdv_kernel(
@@ -79,39 +95,41 @@ def _attention_bwd_dkdv_kernel(
     if IS_CAUSAL:
         lo = tl.maximum(pid_n * BLOCK_N - (Tk - Tq), 0) // BLOCK_M * BLOCK_M
 
-    # 2. Every query head of the group and every query block that can see this key block.
-    for g in range(0, GROUP):
+    # 2. Every (query head of the group, query block that can see this key block) pair, as one flat loop: a
+    #    loop nested in the head loop keeps more values live across both, and spilled at head dim 128 with GQA.
+    n_m = tl.cdiv(Tq - lo, BLOCK_M)  # query blocks per head
+    for it in range(0, GROUP * n_m):
+        g = it // n_m
         h = hk * GROUP + g
-        q_base = q_ptr + b * stride_qb + h * stride_qh
-        do_base = do_ptr + b * stride_dob + h * stride_doh
+        start_m = lo + (it - g * n_m) * BLOCK_M
         row_base = (b * Hkv * GROUP + h) * Tq  # into lse and Δ, (B, H, Tq) contiguous
-        for start_m in range(lo, Tq, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < Tq
-            q = load_tile(q_base, offs_m, offs_d, stride_qm, stride_qd, row_ok, False)
-            do = load_tile(do_base, offs_m, offs_d, stride_dom, stride_dod, row_ok, False)
-            lse = tl.load(lse_ptr + row_base + offs_m, mask=row_ok, other=float("inf"))
-            delta = tl.load(delta_ptr + row_base + offs_m, mask=row_ok, other=0.0)
-            # 3. Pᵀ = exp2(Sᵀ·log2 e − lse2), transposed so that dV and dK come out as plain products.
-            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
-            doc_q = load_doc_ids(doc_base, offs_m + Tk - Tq, row_ok, stride_docn, HAS_DOCS)
-            keep = keep_mask(offs_m[None, :], offs_n[:, None], doc_q[None, :], doc_k[:, None], Tq, Tk,
-                             IS_CAUSAL, HAS_DOCS)
-            # An empty row has lse2 = +inf, so exp2 gives 0 there rather than NaN.
-            p_t = tl.where(keep, tl.math.exp2(s_t - lse[None, :]), 0.0)
-            # 4. dV += Pᵀ dO
-            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-            # 5. dPᵀ = V dOᵀ;  dSᵀ = Pᵀ∘(dPᵀ − Δ);  dK += dSᵀ Q  (scale applied once at the end)
-            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-            ds_t = p_t * (dp_t - delta[None, :])
-            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < Tq
+        q = load_tile(q_ptr + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qm, stride_qd, row_ok, False)
+        do = load_tile(do_ptr + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dom, stride_dod, row_ok,
+                       False)
+        lse = tl.load(lse_ptr + row_base + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_ptr + row_base + offs_m, mask=row_ok, other=0.0)
+        # 3. Pᵀ = exp2(Sᵀ·log2 e − lse2), transposed so that dV and dK come out as plain products.
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        doc_q = load_doc_ids(doc_base, offs_m + Tk - Tq, row_ok, stride_docn, HAS_DOCS)
+        keep = keep_mask(offs_m[None, :], offs_n[:, None], doc_q[None, :], doc_k[:, None], Tq, Tk,
+                         IS_CAUSAL, HAS_DOCS)
+        # An empty row has lse2 = +inf, so exp2 gives 0 there rather than NaN.
+        p_t = tl.where(keep, tl.math.exp2(s_t - lse[None, :]), 0.0)
+        # 4. dV += Pᵀ dO
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        # 5. dPᵀ = V dOᵀ;  dSᵀ = Pᵀ∘(dPᵀ − Δ);  dK += dSᵀ Q  (scale applied once at the end)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
 
     out = b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
     tl.store(dk_ptr + out, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=col_ok[:, None])
     tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None])
 
 
-@triton.autotune(configs=autotune_configs([(128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)]),
+@triton.autotune(**autotune_configs(DQ_CONFIGS),
                  key=["HEAD_DIM", "IS_CAUSAL", "HAS_DOCS", "t_bucket"])
 @triton.jit
 def _attention_bwd_dq_kernel(

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels._attention_common import autotune_configs
 from kernels.attention import (_sdpa_masked, attention, attention_decode, attention_fwd, attention_reference,
                                doc_ids_from_cu_seqlens)
 
@@ -193,6 +194,29 @@ def test_public_attention_routes_small_tq_to_decode_without_grad():
         assert_close(name, got, want, *TOL[torch.float32])
 
 
+# ------------------------------------------------------------------------------ compiled for a GPU
+def test_fp32_runs_through_sdpa_when_compiled(monkeypatch):
+    """Compiled (not interpreted), the kernels take fp16/bf16 only: fp32 attention goes to SDPA, and the
+    launchers refuse fp32 rather than launch kernels that spill and overflow an A100's shared memory."""
+    q, k, v, _ = make_inputs(1, 4, 2, 23, 23, 32)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="fp16 or bf16"):
+        attention_fwd(q, k, v, None, True, 32 ** -0.5)
+    want = _sdpa_masked(q, k, v, torch.ones(23, 23, dtype=torch.bool).tril()[None, None], 32 ** -0.5)
+    assert_close("fp32 via SDPA", attention(q, k, v, backend="triton"), want, *TOL[torch.float32])
+
+
+def test_autotune_offers_each_head_dim_its_own_configs(monkeypatch):
+    """A head dim gets the list of the smallest listed head dim at or above it, and only that list."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    tune = autotune_configs({32: [(128, 64, 8, 3)], 128: [(64, 64, 8, 3), (32, 64, 4, 3)]})
+    assert len(tune["configs"]) == 3
+    offered = lambda d: [(c.kwargs["BLOCK_M"], c.num_warps)  # noqa: E731
+                         for c in tune["prune_configs_by"]["early_config_prune"](tune["configs"], {}, HEAD_DIM=d)]
+    assert offered(16) == offered(32) == [(128, 8)]
+    assert offered(64) == offered(128) == [(64, 8), (32, 4)]
+
+
 # ------------------------------------------------------------------------------ sdpa backend and reference
 @pytest.mark.parametrize("Tq,Tk,causal,docs", [
     (23, 23, True, None), (23, 23, False, None), (5, 23, True, None), (23, 23, True, "padded"),
@@ -276,6 +300,7 @@ def test_cu_seqlens_docs_equal_separate_documents():
 @pytest.mark.parametrize("H,Hkv,D", [(8, 8, 64), (8, 2, 128), (4, 4, 32)])
 @pytest.mark.parametrize("causal,docs", [(True, None), (False, None), (True, "packed")])
 def test_gpu_fp32_full_shapes(T, H, Hkv, D, causal, docs):
+    """fp32 on a GPU runs through SDPA (kernels/attention.py, Dtypes): the route, against the reference."""
     q, k, v, do = make_inputs(2, H, Hkv, T, T, D)
     check_against_reference(q, k, v, do, torch.float32, causal=causal, doc_ids=make_docs(docs, 2, T))
 
@@ -305,7 +330,7 @@ def test_gpu_low_precision_three_ways(dtype, T, H, Hkv, D, causal, docs):
 
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])  # compiled, fp32 runs through SDPA
 @pytest.mark.parametrize("Tq", [1, 4, 16])
 @pytest.mark.parametrize("H,Hkv", [(16, 16), (32, 4)])
 def test_gpu_decode_long_cache(dtype, Tq, H, Hkv):
