@@ -75,24 +75,25 @@ def pack(docs, rows: int, seq_len: int, tok: Tokenizer) -> tuple[torch.Tensor, t
     """Pack (ids, mask) documents from the iterator `docs` into `rows` rows of seq_len + 1 tokens.
 
     Returns (tokens (rows, T+1), supervision mask (rows, T+1), documents consumed). The target of position
-    t is token t+1, supervised where mask[t+1] is 1.
+    t is token t+1, supervised where mask[t+1] is 1. Rows are built as Python lists and become tensors in
+    one call each: a tensor per document cost more than the rest of the packing.
     """
-    ids = torch.full((rows, seq_len + 1), tok.pad, dtype=torch.int64)
-    mask = torch.zeros((rows, seq_len + 1), dtype=torch.int64)
-    used = 0
-    for r in range(rows):
-        fill = 0
-        while fill < seq_len + 1:
+    width = seq_len + 1
+    ids, mask, used = [], [], 0
+    for _ in range(rows):
+        row_ids, row_mask = [], []
+        while len(row_ids) < width:
             doc = next(docs, None)
             if doc is None:
                 break
             used += 1
-            d_ids, d_mask = doc
-            n = min(len(d_ids), seq_len + 1 - fill)
-            ids[r, fill : fill + n] = torch.tensor(d_ids[:n])
-            mask[r, fill : fill + n] = torch.tensor(d_mask[:n])
-            fill += n
-    return ids, mask, used
+            room = width - len(row_ids)
+            row_ids += doc[0][:room]
+            row_mask += doc[1][:room]
+        pad = width - len(row_ids)
+        ids.append(row_ids + [tok.pad] * pad)
+        mask.append(row_mask + [0] * pad)
+    return torch.tensor(ids, dtype=torch.int64), torch.tensor(mask, dtype=torch.int64), used
 
 
 def to_batches(ids: torch.Tensor, mask: torch.Tensor, micro_rows: int, tok: Tokenizer,
