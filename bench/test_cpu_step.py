@@ -35,14 +35,16 @@ from model.gpt import GPT
 
 DIMS = {"default": {}, "6L-d256": {"model.n_layer": "6", "model.n_embd": "256"}}
 ROWS = {"default": 16, "6L-d256": 8}
-ROUNDS = {"default": (9, 2), "6L-d256": (5, 1)}  # (timed, warm-up) interleaved rounds
+# (timed, warm-up) interleaved rounds when the results are kept (--benchmark-json: what bench.check reads);
+# a plain `pytest` run, which keeps nothing, takes one round of each as a smoke test
+ROUNDS = {"default": (9, 2), "6L-d256": (5, 1)}
 IMPLS = ["tritium", "plain_torch"]
 
 pytestmark = pytest.mark.skipif(CUDA, reason="the CPU path's benchmark; test_train_step.py times CUDA")
 
 
 @pytest.fixture(scope="module")
-def measured():
+def measured(request):
     """dims -> (tokens per step, {impl: step}, {impl: seconds per round}), each dims measured once."""
     cache = {}
 
@@ -55,7 +57,7 @@ def measured():
             plain = PlainStep(cfg.model, cfg.optim, rows)
             check_same_shape(cfg, plain)
             steps = {"tritium": ours, "plain_torch": plain}
-            rounds, warmup = ROUNDS[dims]
+            rounds, warmup = ROUNDS[dims] if request.config.getoption("benchmark_json", None) else (1, 0)
             cache[dims] = (rows * cfg.model.seq_len, steps, interleaved(steps, rounds, warmup), cfg)
         return cache[dims]
 
