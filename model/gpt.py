@@ -91,7 +91,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # decode: append this step's keys/values, attend over everything cached
             k, v = cache.append(self.layer, k, v)  # (B, Hkv, T_cached, D) views into the cache
-        y = attention(q, k, v, causal=True, doc_ids=doc_ids, backend=self.cfg.kernels, mask_cache=masks)  # (B, H, T, D)
+        y = attention(q, k, v, causal=True, doc_ids=doc_ids, backend=self.cfg.kernels,
+                      mask_cache=masks)  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, H * D))
 
 
@@ -164,7 +165,7 @@ class GPT(nn.Module):
             )
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (B, 1, T, D/2)
         x = self.wte(idx)  # (B, T, C)
-        masks = {}  # every layer attends with the same doc_ids: an attention mask is built once, here
+        masks = {}  # every layer attends with the same doc_ids: the first builds SDPA's mask, the rest reuse it
         for block in self.blocks:
             x = block(x, cos, sin, doc_ids, masks, cache)
         if cache is not None:

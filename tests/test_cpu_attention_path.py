@@ -114,3 +114,17 @@ def test_default_cpu_step_holds_no_scores_tensor():
     with LargestAllocation() as probe:
         step()
     assert probe.largest >= bound, f"the probe missed the reference's scores: largest {probe.where}"
+
+
+def test_memory_estimate_counts_attention_scores_only_where_they_exist():
+    """train/startup.py refuses runs that cannot fit; on a CPU with `auto` the scores no longer exist."""
+    from train import startup
+    from train.config import apply_overrides, load_preset
+
+    cpu = torch.device("cpu")
+    auto = startup.memory_estimate(apply_overrides(load_preset("default"), {}), cpu)
+    ref = startup.memory_estimate(apply_overrides(load_preset("default"), {"model.kernels": "reference"}), cpu)
+    m, rows = load_preset("default").model, auto["rows"]
+    scores = 4.0 * m.n_layer * rows * m.seq_len * 2 * m.n_head * m.seq_len
+    mask = 4.0 * rows * m.seq_len * m.seq_len
+    assert ref["activations"] - auto["activations"] == scores - mask
