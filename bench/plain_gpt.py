@@ -7,8 +7,8 @@ everything tritium adds around that shape:
     plain (here)                                       tritium (model/gpt.py, train/)
     one document per row: SDPA with is_causal=True     packed documents: SDPA with a document mask
     logits (N, V), then F.cross_entropy                 the fused-head loss (`kernels.linear_cross_entropy`)
-    random windows of a token buffer (nanoGPT's         documents generated, tokenized and packed each step
-    get_batch)
+    random windows of a token buffer (nanoGPT's         documents generated, tokenized and packed (the next
+    get_batch)                                          step's on a thread while this one trains)
     clip_grad_norm_, AdamW, zero_grad                  the loop's step: norm, fault check, clip, AdamW, log
 
 The optimiser is AdamW with tritium's settings (`OptimConfig`), weight decay on the matrices only. Nothing
