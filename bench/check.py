@@ -5,7 +5,9 @@
 A ratio compares two rows of one group (the same problem, two implementations, one run, one GPU), so it does
 not drift with the machine the way absolute times do:
 
-    metric "time"    ratio = baseline median time / our median time        (> 1: we are faster)
+    metric "time"    ratio = baseline median time / our median time        (> 1: we are faster); rows timed
+                     in interleaved rounds (both carry `round_s`, see bench/cpu_step.py): the median over
+                     rounds of baseline time / our time, so load that slows both steps of a round drops out
     metric "memory"  ratio = baseline peak memory / our peak memory         (> 1: we use less; the peak beyond
                      the inputs when both rows have it, else the total peak)
 
@@ -13,7 +15,8 @@ Each rule of bench/floors.json names a suite, our impl, the baseline impl, a flo
 conditions on the test's parameters or extra_info: an exact value (`"causal": true`), a list of allowed
 values (`"mode": ["bwd", "fwd+bwd"]`) or a comparison (`"T": ">=2048"`). Every pair a rule matches must have
 ratio >= floor. Rows whose timings are not meaningful (CPU runs, kernels under the interpreter) are never
-judged. A rule that matches no pair although its suite
+judged; a row says so itself (`timing_meaningful` in extra_info),
+so the CPU step benchmark's ratios are judged on a CPU. A rule that matches no pair although its suite
 has meaningful rows is a failure too, so a renamed implementation cannot silently switch a floor off.
 
 Exit status: 0 when every floor holds (or nothing could be judged), 1 listing every violation, 2 when the
@@ -25,6 +28,7 @@ import argparse
 import json
 import operator
 import re
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +47,7 @@ class Row:
     group: str
     impl: str
     shape: str
-    time_s: float | None  # median seconds (pytest-benchmark's stats), whatever the device
+    time_s: float | None  # median seconds: of the interleaved rounds (`round_s`) if any, else pytest-benchmark's
     meaningful: bool  # whether time_s and the rates may be compared or reported as measurements
     params: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
@@ -69,8 +73,9 @@ def to_row(bench: dict, default_meaningful: bool) -> Row:
         info.get("backend") or info.get("provider") or "?"
     group = info.get("group") or f"{suite}[{','.join(f'{k}={v}' for k, v in params.items() if k not in IMPL_PARAMS)}]"
     stats = bench.get("stats") or {}
+    time_s = statistics.median(info["round_s"]) if info.get("round_s") else stats.get("median")
     return Row(name=bench.get("name", "?"), suite=suite, group=group, impl=impl,
-               shape=str(info.get("shape") or bench.get("param") or ""), time_s=stats.get("median"),
+               shape=str(info.get("shape") or bench.get("param") or ""), time_s=time_s,
                meaningful=bool(info.get("timing_meaningful", default_meaningful)), params=params, info=info)
 
 
@@ -127,8 +132,18 @@ def matches(row: Row, where: dict) -> bool:
     return True
 
 
+def paired_ratio(base: list[float], ours: list[float]) -> float:
+    """Median over interleaved rounds of base time / our time (> 1: ours is faster)."""
+    if len(base) != len(ours) or not base:
+        raise ValueError(f"need the same number (> 0) of rounds on both sides, got {len(base)} and {len(ours)}")
+    return statistics.median(b / o for b, o in zip(base, ours))
+
+
 def ratio(ours: Row, base: Row, metric: str) -> float | None:
     """baseline / ours for the metric; None when either side lacks the number."""
+    rounds = ours.info.get("round_s"), base.info.get("round_s")
+    if metric == "time" and all(rounds) and len(rounds[0]) == len(rounds[1]):
+        return paired_ratio(rounds[1], rounds[0])
     if metric == "time":
         a, b = base.time_s, ours.time_s
     else:

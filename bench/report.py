@@ -5,7 +5,8 @@
 writes into --out:
     report.md        provenance, then per suite a table: shape, impl, time, rate (TFLOP/s, GB/s or tokens/s),
                      MFU, peak memory (beyond the inputs where recorded), ratio to each baseline of the suite
-                     (baseline time / our time in the same group: > 1 means faster than the baseline)
+                     (baseline time / our time in the same group, as bench/check.py takes it: > 1 means
+                     faster than the baseline)
     attention.png    TFLOP/s against sequence length, one panel per mode, one line per impl / causal / head dim
     memory.png       peak memory against tokens for the loss suites, one line per impl and vocabulary
     train_step.png   tokens/s of every train-step phase, one bar per impl
@@ -19,12 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.check import IMPL_PARAMS, Row, load_results
+from bench.check import IMPL_PARAMS, Row, load_results, ratio
 
-SUITES = ["train_step", "attention", "linear_cross_entropy", "cross_entropy", "grpo_loss", "logprobs",
+SUITES = ["train_step", "cpu_step", "attention", "linear_cross_entropy", "cross_entropy", "grpo_loss", "logprobs",
           "device_copy"]  # report order; any other suite follows
 BASELINES = {  # the impls every row of a suite is compared with (ratio = their time / ours)
     "train_step": ["reference", "sdpa"],
+    "cpu_step": ["plain_torch"],
     "attention": ["sdpa", "reference"],
     "linear_cross_entropy": ["torch_eager", "matmul_floor"],
     "cross_entropy": ["torch_eager", "torch_compile"],
@@ -88,7 +90,7 @@ def suite_table(suite: str, rows: list[Row]) -> list[str]:
             for b in baselines:
                 base = impls.get(b)
                 ok = r.meaningful and base is not None and base.meaningful and r.time_s and base.time_s
-                cells.append(f"{base.time_s / r.time_s:.2f}" if ok else "—")
+                cells.append(f"{ratio(r, base, 'time'):.2f}" if ok else "—")
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return lines + [""]
 

@@ -1,7 +1,8 @@
 """Triton kernels for the hot paths, each next to its pure-PyTorch reference.
 
 Every public function takes `backend`:
-  "auto"      - the Triton kernel when the inputs live on CUDA, the reference otherwise (the default);
+  "auto"      - the Triton kernel when the inputs live on CUDA, the reference otherwise (the default;
+                attention runs torch's SDPA instead of its reference: kernels/_dispatch.py);
   "triton"    - always the kernel (on a CPU this runs in Triton's interpreter: slow, for tests);
   "reference" - always the PyTorch reference (fp32 math, differentiable by autograd).
 

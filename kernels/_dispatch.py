@@ -1,10 +1,11 @@
-"""The one rule that picks a kernel or its reference, shared by every public function in `kernels`."""
+"""The rules that pick a kernel or its reference, shared by every public function in `kernels`."""
 import os
 
 import torch
 import triton
 
 BACKENDS = ("auto", "triton", "reference")
+ATTENTION_BACKENDS = (*BACKENDS, "sdpa")  # attention has a fourth path: torch's F.scaled_dot_product_attention
 
 
 def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
@@ -31,3 +32,18 @@ def row_block(V: int, interpreted: int = 512) -> tuple[int, int]:
         return min(triton.next_power_of_2(V), interpreted), 1
     block = min(triton.next_power_of_2(V), 8192)
     return block, max(1, min(16, block // 512))
+
+
+def attention_path(backend: str, *tensors: torch.Tensor) -> str:
+    """What `attention` runs for `backend`: "triton", "sdpa" or "reference".
+
+    "auto" is the Triton kernel with CUDA inputs and SDPA otherwise. Off CUDA the kernel would only run in
+    Triton's interpreter, and SDPA's CPU flash kernel does what it does: walks key blocks with an online
+    softmax (no (B, H, Tq, Tk) scores) and reads each K/V head for its whole query group (no repeat). The
+    fp32 reference, which materialises both, is the tests' oracle and runs only when asked for by name.
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {ATTENTION_BACKENDS}")
+    if backend == "auto":
+        return "triton" if use_triton(backend, *tensors) else "sdpa"
+    return backend

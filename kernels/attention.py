@@ -29,8 +29,8 @@ P is recomputed from q, k and lse2 in the backward (kernels/attention_bwd.py): p
 one program per key block, then dQ with one program per query block.
 
 Rows with no visible key: the rule above always shows query p_i its own key, so this cannot happen through the
-public API, but every path still defines it as O = 0 with zero gradients (l = 0 gives O = 0 and lse2 = +inf,
-so P = exp2(−inf) = 0 in the backward), never NaN.
+public API, but the kernels and the reference still define it as O = 0 with zero gradients (l = 0 gives O = 0
+and lse2 = +inf, so P = exp2(−inf) = 0 in the backward), never NaN. The SDPA path relies on it never happening.
 
 Decode (Tq <= 16, no gradient needed): one program holds all G·Tq query rows of a kv head as a single tile, so
 K and V are read once per kv head rather than once per query head, and the cache is split into NUM_SPLITS
@@ -59,7 +59,7 @@ from kernels._attention_common import (
     online_softmax_init, online_softmax_step,
 )
 from kernels._checks import attention_args
-from kernels._dispatch import interpreting, use_triton
+from kernels._dispatch import attention_path, interpreting
 from kernels.attention_bwd import attention_bwd
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -115,22 +115,29 @@ def doc_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tenso
     return torch.where(t < cu[-1], ids, torch.full_like(ids, -1)).to(torch.int32)
 
 
-def _sdpa_masked(q, k, v, keep, scale):
-    """SDPA with a bool mask; rows with no visible key come out as zeros with zero gradients. Such rows are
-    given every key inside SDPA (so its softmax and backward stay finite whatever the backend does with an
-    empty row) and zeroed after."""
-    has_key = keep.any(dim=-1, keepdim=True)  # (B or 1, 1, Tq, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep | ~has_key, scale=scale, enable_gqa=True)
-    return out.masked_fill(~has_key, 0.0)
+def sdpa_mask(Tq: int, Tk: int, causal: bool, doc_ids, dtype: torch.dtype, device) -> torch.Tensor:
+    """The visibility rule as SDPA's additive mask (B or 1, 1, Tq, Tk): 0 where visible, −inf elsewhere.
+
+    Additive and in q's dtype because SDPA turns a boolean mask into exactly this in every call (a `where`
+    over B·Tq·Tk); with `mask_cache` a model builds it once per forward instead of once per layer. Every
+    row has a visible key (query p_i always sees its own key), so no row of P is 0/0.
+    """
+    keep = _visible(Tq, Tk, causal, doc_ids, device)  # (B or 1, 1, Tq, Tk) bool
+    return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill_(~keep, float("-inf"))
 
 
-def _attention_sdpa(q, k, v, causal, doc_ids, scale):
+def _attention_sdpa(q, k, v, causal, doc_ids, scale, mask_cache):
+    """SDPA with GQA (K/V not repeated); a mask only for documents or a causal Tq < Tk (the cache's)."""
     Tq, Tk = q.shape[2], k.shape[2]
-    if doc_ids is None and not causal:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
-    if doc_ids is None and Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-    return _sdpa_masked(q, k, v, _visible(Tq, Tk, causal, doc_ids, q.device), scale)
+    if doc_ids is None and (not causal or Tq == Tk):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=True)
+    key = (Tq, Tk, causal, q.dtype)
+    mask = mask_cache.get(key) if mask_cache is not None else None
+    if mask is None:
+        mask = sdpa_mask(Tq, Tk, causal, doc_ids, q.dtype, q.device)
+        if mask_cache is not None:
+            mask_cache[key] = mask
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -382,22 +389,25 @@ class _Attention(torch.autograd.Function):
 
 # ----------------------------------------------------------------------------------------------- public
 def attention(q, k, v, *, causal: bool = True, doc_ids: torch.Tensor | None = None,
-              scale: float | None = None, backend: str = "auto") -> torch.Tensor:
+              scale: float | None = None, backend: str = "auto", mask_cache: dict | None = None) -> torch.Tensor:
     """Grouped-query attention with causal and document masks (see the module docstring for the rule).
 
     q (B, H, Tq, D); k, v (B, Hkv, Tk, D) with H % Hkv == 0 and Tq <= Tk (query rows are the last Tq key
     positions); doc_ids None or (B, Tk) integers; scale defaults to D^-1/2. Returns (B, H, Tq, D) in q's dtype.
-    backend: "auto" (Triton on CUDA, reference otherwise), "triton", "reference", or "sdpa"
-    (`F.scaled_dot_product_attention` with the same mask).
+    backend: "auto" (Triton on CUDA, SDPA otherwise), "triton", "reference", or "sdpa"
+    (`F.scaled_dot_product_attention` with the same mask); see `kernels._dispatch.attention_path`.
+    mask_cache: a dict shared by calls with the same `causal` and `doc_ids` (a model's layers in one
+    forward): the SDPA path keeps its mask there, so it is built once, not per call. Other paths ignore it.
     """
     _check(q, k, v, doc_ids)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if backend == "sdpa":
-        return _attention_sdpa(q, k, v, causal, doc_ids, scale)
-    if not use_triton(backend, q, k, v, doc_ids):
+    path = attention_path(backend, q, k, v, doc_ids)
+    if path == "triton" and q.dtype == torch.float32 and not interpreting():
+        path = "sdpa"  # fp32 on a GPU: the compiled kernels take fp16/bf16 (module docstring, Dtypes)
+    if path == "sdpa":
+        return _attention_sdpa(q, k, v, causal, doc_ids, scale, mask_cache)
+    if path == "reference":
         return attention_reference(q, k, v, causal=causal, doc_ids=doc_ids, scale=scale)
-    if q.dtype == torch.float32 and not interpreting():  # fp32 on a GPU: SDPA (module docstring, Dtypes)
-        return _attention_sdpa(q, k, v, causal, doc_ids, scale)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     group = q.shape[1] // k.shape[1]
     if not needs_grad and q.shape[2] <= DECODE_MAX_TQ and group * q.shape[2] <= DECODE_MAX_ROWS:

@@ -13,8 +13,9 @@ The model returns normalised hidden states, not logits: the losses (cross-entrop
 GRPO) take the hidden states and the head weight together so the fused kernels never hold full-vocabulary
 logits for the whole batch. `logits()` exists for sampling, where only the last position is needed.
 
-`kernels` picks the attention implementation: "auto" (Triton on CUDA, the fp32 reference on CPU),
-"triton", "reference", or "sdpa" (torch's built-in). Losses take the same switch from the objective.
+`kernels` picks the attention implementation: "auto" (Triton on CUDA, torch's SDPA elsewhere), "triton",
+"reference" (the fp32 oracle of the tests), or "sdpa"; `kernels._dispatch.attention_path` is the rule. Losses
+take the same switch from the objective.
 """
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import attention
-
-KERNELS = ("auto", "triton", "reference", "sdpa")
+from kernels._dispatch import ATTENTION_BACKENDS as KERNELS
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Attention(nn.Module):
         self.kv = nn.Linear(cfg.n_embd, 2 * cfg.n_kv_head * cfg.head_dim, bias=False)
         self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, doc_ids, cache):
+    def forward(self, x, cos, sin, doc_ids, masks, cache):
         B, T, _ = x.shape
         H, Hkv, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         q = self.q(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -91,7 +91,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # decode: append this step's keys/values, attend over everything cached
             k, v = cache.append(self.layer, k, v)  # (B, Hkv, T_cached, D) views into the cache
-        y = attention(q, k, v, causal=True, doc_ids=doc_ids, backend=self.cfg.kernels)  # (B, H, T, D)
+        y = attention(q, k, v, causal=True, doc_ids=doc_ids, backend=self.cfg.kernels,
+                      mask_cache=masks)  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, H * D))
 
 
@@ -110,8 +111,8 @@ class Block(nn.Module):
         super().__init__()
         self.attn, self.mlp = Attention(cfg, layer), MLP(cfg)
 
-    def forward(self, x, cos, sin, doc_ids, cache):
-        x = x + self.attn(rms_norm(x), cos, sin, doc_ids, cache)
+    def forward(self, x, cos, sin, doc_ids, masks, cache):
+        x = x + self.attn(rms_norm(x), cos, sin, doc_ids, masks, cache)
         return x + self.mlp(rms_norm(x))
 
 
@@ -164,8 +165,9 @@ class GPT(nn.Module):
             )
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (B, 1, T, D/2)
         x = self.wte(idx)  # (B, T, C)
+        masks = {}  # every layer attends with the same doc_ids: the first builds SDPA's mask, the rest reuse it
         for block in self.blocks:
-            x = block(x, cos, sin, doc_ids, cache)
+            x = block(x, cos, sin, doc_ids, masks, cache)
         if cache is not None:
             cache.advance(T)
         return rms_norm(x)

@@ -1,4 +1,6 @@
-"""Helpers shared by the kernel test files."""
+"""Helpers shared by the test files."""
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def assert_close(actual, expected, atol, rtol, name):
@@ -14,3 +16,21 @@ def assert_close(actual, expected, atol, rtol, name):
         raise AssertionError(f"{name}: {bad.sum().item()} of {bad.numel()} elements differ (first at {where}: "
                              f"{actual[tuple(where)].item():.6g} vs {expected[tuple(where)].item():.6g}); "
                              f"max |diff| {worst:.3g} > atol {atol} + rtol {rtol}·|expected|")
+
+
+class LargestAllocation(TorchDispatchMode):
+    """Records the largest tensor (in bytes) any torch op produces, and which op and shape it was: every
+    allocation goes through one. The interpreter's own copies of kernel arguments (their storage viewed as
+    bytes) are counted too."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.where = 0, "nothing"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.numel() * t.element_size() > self.largest:
+                self.largest = t.numel() * t.element_size()
+                self.where = f"{func} -> {t.dtype} {tuple(t.shape)}"
+        return out

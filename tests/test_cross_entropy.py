@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels.cross_entropy import cross_entropy, cross_entropy_fwd, cross_entropy_reference
 from kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+from tests.helpers import LargestAllocation
 
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -309,32 +309,16 @@ def test_linear_chunk_size_invariance_and_all_ignored():
         assert (loss == 0).all() and (dh == 0).all() and (dw == 0).all(), f"all ignored, {reduction}: not 0"
 
 
-class _LargestAllocation(TorchDispatchMode):
-    """Records the largest tensor (in bytes) any torch op produces: every allocation goes through one. The
-    interpreter's own copies of kernel arguments (their storage viewed as bytes) are counted too."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel() * t.element_size())
-        return out
-
-
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_linear_never_materialises_logits(reduction):
     N, d, V, C = 40, 8, 200, 8
     hidden, weight, target = make_linear_case(N, d, V)
     bound = 4 * max(C * V, V * d, N * d)  # bytes of one fp32 chunk of logits, of dW, of dh
     assert bound < 4 * N * V
-    with _LargestAllocation() as mode:
+    with LargestAllocation() as mode:
         run_lce(lce_triton, hidden, weight, target, upstream(reduction, N), chunk_size=C, reduction=reduction)
     assert mode.largest <= bound, f"a tensor of {mode.largest} bytes exists; bound {bound}, (N, V) {4 * N * V}"
-    with _LargestAllocation() as mode:
+    with LargestAllocation() as mode:
         run_lce(linear_cross_entropy_reference, hidden, weight, target, upstream(reduction, N),
                 reduction=reduction)
     assert mode.largest >= 4 * N * V, "the probe must see the reference's (N, V) logits"

@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,24 +76,26 @@ def pack(docs, rows: int, seq_len: int, tok: Tokenizer) -> tuple[torch.Tensor, t
     """Pack (ids, mask) documents from the iterator `docs` into `rows` rows of seq_len + 1 tokens.
 
     Returns (tokens (rows, T+1), supervision mask (rows, T+1), documents consumed). The target of position
-    t is token t+1, supervised where mask[t+1] is 1.
+    t is token t+1, supervised where mask[t+1] is 1. Rows are built as Python lists and become tensors in
+    one call each, through NumPy (3x faster than torch.tensor on nested lists): a tensor per document cost
+    more than the rest of the packing.
     """
-    ids = torch.full((rows, seq_len + 1), tok.pad, dtype=torch.int64)
-    mask = torch.zeros((rows, seq_len + 1), dtype=torch.int64)
-    used = 0
-    for r in range(rows):
-        fill = 0
-        while fill < seq_len + 1:
+    width = seq_len + 1
+    ids, mask, used = [], [], 0
+    for _ in range(rows):
+        row_ids, row_mask = [], []
+        while len(row_ids) < width:
             doc = next(docs, None)
             if doc is None:
                 break
             used += 1
-            d_ids, d_mask = doc
-            n = min(len(d_ids), seq_len + 1 - fill)
-            ids[r, fill : fill + n] = torch.tensor(d_ids[:n])
-            mask[r, fill : fill + n] = torch.tensor(d_mask[:n])
-            fill += n
-    return ids, mask, used
+            room = width - len(row_ids)
+            row_ids += doc[0][:room]
+            row_mask += doc[1][:room]
+        pad = width - len(row_ids)
+        ids.append(row_ids + [tok.pad] * pad)
+        mask.append(row_mask + [0] * pad)
+    return torch.from_numpy(np.array(ids, dtype=np.int64)), torch.from_numpy(np.array(mask, dtype=np.int64)), used
 
 
 def to_batches(ids: torch.Tensor, mask: torch.Tensor, micro_rows: int, tok: Tokenizer,
@@ -129,11 +132,20 @@ def parse_mix(mix: str, kinds: tuple[str, ...]) -> dict[str, float]:
 
 class PackedDocs:
     """Documents `document(i) -> (ids, mask)`, i = 0, 1, ..., packed into rows (cycling after `count`);
-    a training step yields `dist`'s share of the rows (held-out batches are never sharded)."""
+    a training step yields `dist`'s share of the rows (held-out batches are never sharded).
+
+    Each step's rows are drawn ahead, on a thread, while the step before trains: generating, tokenizing and
+    packing 16 rows of the default run is pure Python (5 to 10 ms, 2 to 4% of a CPU step), and the step's
+    tensor ops leave the GIL free for most of their time. A drawn-ahead step is used only if it starts at the
+    current cursor with the same row count, so resuming (which moves the cursor) never sees a stale one; the
+    cursor, and so the state, counts only the steps handed out.
+    """
 
     def __init__(self, document, tok: Tokenizer, seq_len: int, count: int | None = None, dist: Dist = SINGLE):
         self.document, self.tok, self.seq_len, self.count, self.dist = document, tok, seq_len, count, dist
         self.cursor = 0
+        self._ahead = None  # (cursor, rows, future of pack's result) of the step drawn ahead
+        self._thread = None  # a one-worker executor, made on the first training step
 
     def docs_from(self, start: int):
         i = start
@@ -142,9 +154,18 @@ class PackedDocs:
             i += 1
 
     def next_step(self, rows: int, micro_rows: int, model=None) -> list[Batch]:
-        ids, mask, used = pack(self.docs_from(self.cursor), rows, self.seq_len, self.tok)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[:2] == (self.cursor, rows):
+            ids, mask, used = ahead[2].result()
+        else:
+            ids, mask, used = self._pack(self.cursor, rows)
         self.cursor += used
+        self._thread = self._thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="draw-ahead")
+        self._ahead = (self.cursor, rows, self._thread.submit(self._pack, self.cursor, rows))
         return to_batches(ids, mask, micro_rows, self.tok, self.dist)
+
+    def _pack(self, start: int, rows: int):
+        return pack(self.docs_from(start), rows, self.seq_len, self.tok)
 
     def eval_batches(self, rows: int, micro_rows: int) -> list[Batch]:
         rows = rows if self.count is None else max(1, min(rows, self.count))

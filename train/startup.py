@@ -7,8 +7,10 @@ Memory: a run needs about
   + a · L · rows·T · 16·C      activations kept for the backward of one micro-batch: about 16 numbers per
                                token and layer of width C (the attention and MLP inputs and outputs), a bytes
                                each (2 under bf16 autocast, else 4)
-  + 4 · L · rows·T · 2·H·T     attention scores and probabilities, where attention materialises them (on a
-                               CPU, or with model.kernels=reference): 2 fp32 numbers per head and key
+  + 4 · L · rows·T · 2·H·T     attention scores and probabilities, where attention materialises them
+                               (model.kernels=reference): 2 fp32 numbers per head and key
+  + 4 · rows·T·T               the additive document mask of the SDPA path (model.kernels=sdpa, or auto
+                               off CUDA), one per forward, shared by its layers
   + 4 · rows·T · 2·V           fp32 logits and their gradient, where the loss head materialises them (CPU)
 
 with rows the largest micro_batch_size of any phase. The estimate leaves out allocator slack and temporary
@@ -22,6 +24,7 @@ import os
 
 import torch
 
+from kernels._dispatch import attention_path
 from model.gpt import GPT
 from train.config import ConfigError, RunConfig
 
@@ -36,12 +39,13 @@ def memory_estimate(cfg: RunConfig, device: torch.device) -> dict[str, float]:
     rows = max(p.micro_batch_size for p in cfg.phases)
     tokens = rows * m.seq_len
     bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
-    materialised = device.type == "cpu" or m.kernels == "reference"
+    path = attention_path(m.kernels, torch.empty(0, device=device))
     out = {
         "weights, gradients and AdamW state": 16.0 * n,
         "reference model": 4.0 * n * any(p.objective == "grpo" and p.beta > 0 for p in cfg.phases),
         "activations": (2 if bf16 else 4) * m.n_layer * tokens * 16 * m.n_embd
-        + 4.0 * m.n_layer * tokens * 2 * m.n_head * m.seq_len * materialised
+        + 4.0 * m.n_layer * tokens * 2 * m.n_head * m.seq_len * (path == "reference")
+        + 4.0 * tokens * m.seq_len * (path == "sdpa")
         + 4.0 * tokens * 2 * m.vocab_size * (device.type == "cpu"),
     }
     return out | {"total": sum(out.values()), "params": n, "rows": rows}
