@@ -39,9 +39,11 @@ from model.sampler import generate
 from train.config import PhaseConfig, RunConfig
 from train.data import IGNORE, Batch
 from train.loop import Trainer
-from train.objectives import NextTokenLoss
+from train.grpo import GRPOObjective, GRPOOptions
+from train.heads import completion_logprobs
 from train.phases import Phase
-from train.rl import GRPOObjective, RolloutBatch, completion_logprobs
+from train.rollout import RolloutBatch
+from train.supervised import NextTokenLoss
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def prompt_list(gen: torch.Generator) -> list[list[int]]:
 
 
 def rollout_batches(gen: torch.Generator, weights: dict) -> list[RolloutBatch]:
-    """A GRPO batch as train/rl.py builds it: right-padded prompt + completion rows, completion-only targets,
+    """A GRPO batch as train/rollout.py builds it: right-padded prompt + completion rows, completion-only targets,
     group advantages of random rewards, dapo token weights; old and reference log-probs scored by the model
     then perturbed, so that some ratios clip and the KL term is not zero."""
     prompts = prompt_list(gen)
@@ -194,8 +196,8 @@ def problems(weights):
             gen = torch.Generator().manual_seed(1)
             if phase == "grpo_update":
                 cfg = PhaseConfig(name="grpo", objective="grpo", steps=10**6, batch_size=COMPLETIONS,
-                                  micro_batch_size=GRPO_MICRO, group_size=GROUP, warmup_steps=0,
-                                  decay="constant", **GRPO)
+                                  micro_batch_size=GRPO_MICRO, warmup_steps=0, decay="constant",
+                                  options={"grpo": GRPOOptions(group_size=GROUP, **GRPO)})
                 cache[phase] = (rollout_batches(gen, weights), GRPOObjective(cfg), cfg)
             else:
                 cfg = PhaseConfig(name=phase, objective="sft" if phase == "sft" else "pretrain", steps=10**6,

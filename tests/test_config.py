@@ -27,7 +27,7 @@ def test_overrides_do_not_touch_the_preset():
     ("model.n_kv_head", "3", "must divide"),
     ("optim.lr", "-1", "lr=-1.0 must be > 0"),
     ("model", "x", "is a group of settings"),
-    ("grpo.batch_size", "5", "must be a multiple of grpo.group_size=2"),
+    ("grpo.group_size", "3", "grpo.batch_size=4 (completions per step) must be a multiple of grpo.group_size=3"),
     ("grpo.loss_type", "mean", "allowed values are grpo, bnpo, dapo, dr_grpo"),
     ("sft.objective", "dpo", "allowed values are pretrain, sft, grpo"),
 ])
@@ -46,3 +46,31 @@ def test_unknown_preset():
 def test_round_trip_through_dict(name):
     cfg = load_preset(name)
     assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_a_knob_is_set_through_its_phase_or_its_section():
+    cfg = apply_overrides(load_preset("smoke"), {"grpo.eps_high": "0.3", "grpo.grpo.beta": "0.05"})
+    assert cfg.phase("grpo").options["grpo"].eps_high == 0.3 and cfg.phase("grpo").options["grpo"].beta == 0.05
+
+
+def test_a_knob_of_another_kind_is_an_error():
+    with pytest.raises(ConfigError, match="--pretrain.eps_high: eps_high is an option of grpo objectives, and "
+                                          "phase pretrain trains pretrain"):
+        apply_overrides(load_preset("smoke"), {"pretrain.eps_high": "0.3"})
+    cfg = load_preset("smoke")
+    cfg.phase("pretrain").options["grpo"] = cfg.phase("grpo").options["grpo"]  # built in Python
+    with pytest.raises(ConfigError, match="phase pretrain has options for grpo, which it does not train"):
+        apply_overrides(cfg, {})
+
+
+def test_a_changed_objective_brings_its_knobs_and_drops_the_old_ones():
+    cfg = apply_overrides(load_preset("smoke"), {"pretrain.group_size": "2", "pretrain.objective": "grpo"})
+    assert sorted(cfg.phase("pretrain").options) == ["grpo"] and cfg.phase("pretrain").options["grpo"].group_size == 2
+
+
+def test_saved_options_round_trip_and_unknown_ones_are_refused():
+    d = to_dict(load_preset("smoke"))
+    assert d["phases"][2]["options"]["grpo"]["group_size"] == 2 and d["phases"][1]["options"] == {}
+    d["phases"][0]["options"]["pretrain"]["nope"] = 1
+    with pytest.raises(ConfigError, match="unknown config field pretrain.nope"):
+        from_dict(d)

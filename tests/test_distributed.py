@@ -14,8 +14,9 @@ from model.gpt import GPT, GPTConfig
 from model.sampler import generate, sample_next
 from train.cli import main
 from train.config import ConfigError, apply_overrides, load_preset
-from train.distributed import check_batch_sizes, init
+from train.distributed import init
 from train.loop import Interrupted
+from train.phases import check_batch_layout
 from train.run import run
 from train.tasks import REWARDS, register_reward
 
@@ -139,14 +140,14 @@ def test_one_process_checkpoint_resumes_on_two_ranks(tmp_path, monkeypatch, one_
 # ------------------------------------------------------------------------------------------ no processes
 def test_batch_that_does_not_split_over_ranks_is_a_config_error():
     cfg = load_preset("smoke")  # batch_size 4, micro_batch_size 2 in every phase
-    check_batch_sizes(cfg, 2)
+    check_batch_layout(cfg, 2)
     with pytest.raises(ConfigError, match=r"pretrain.batch_size=4 .* divisible by world_size × "
                                           r"pretrain.micro_batch_size = 3×2"):
-        check_batch_sizes(cfg, 3)
+        check_batch_layout(cfg, 3)
     cfg = apply_overrides(cfg, {"grpo.group_size": "4", "grpo.micro_batch_size": "1"})
     with pytest.raises(ConfigError, match=r"grpo.batch_size / world_size = 4/2 = 2 completions per rank must "
                                           r"be a multiple of grpo.group_size=4"):
-        check_batch_sizes(cfg, 2)
+        check_batch_layout(cfg, 2)
 
 
 def test_nccl_without_cuda_is_a_one_line_error(tmp_path, capsys):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from train import checkpoint
-from train.data import DataError, parse_conversation, read_documents, read_jsonl
+from train.readers import DataError, parse_conversation, read_documents, read_jsonl
 from train.tokenizer import Tokenizer, TokenizerError
 
 

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-import train.rl
+import train.rollout
 from model.gpt import GPT, GPTConfig
 from train.config import PhaseConfig
-from train.rl import RolloutSource
+from train.grpo import GRPOOptions
+from train.rollout import RolloutSource
 from train.tasks import REWARDS, ArithmeticTask
 from train.tokenizer import Tokenizer
 
@@ -17,11 +18,11 @@ def tok():
 
 def empty_share(monkeypatch, tok, completion: list[int]) -> float:
     """The `empty` metric of a rollout batch of 2 prompts × 2 completions, every completion `completion`."""
-    p = PhaseConfig(name="grpo", objective="grpo", batch_size=4, micro_batch_size=4, group_size=2,
-                    max_new_tokens=16)
+    p = PhaseConfig(name="grpo", objective="grpo", batch_size=4, micro_batch_size=4,
+                    options={"grpo": GRPOOptions(group_size=2, max_new_tokens=16)})
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=320, seq_len=64, n_layer=1, n_head=2, n_kv_head=1, n_embd=32))
-    monkeypatch.setattr(train.rl, "generate", lambda model, prompts, **kw: [list(completion) for _ in prompts])
+    monkeypatch.setattr(train.rollout, "generate", lambda model, prompts, **kw: [list(completion) for _ in prompts])
 
     def prompt(i):
         return [{"role": "user", "content": f"What is {i}+1?"}], str(i + 1)

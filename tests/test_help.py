@@ -1,10 +1,13 @@
-"""--help lists each phase's options, a kind's own options only under phases of that kind."""
+"""--help lists each phase's options: the common ones, and the knobs of the objective kinds it trains only."""
+import dataclasses
 import re
 
-import pytest
-
 from train.cli import main
-from train.config import KIND_OPTIONS, PhaseConfig, load_preset, shown_in_help
+from train.config import all_keys, apply_overrides, load_preset
+from train.grpo import GRPOOptions
+from train.supervised import PretrainOptions
+
+GRPO_KNOBS = [f.name for f in dataclasses.fields(GRPOOptions)]
 
 
 def listed(capsys, argv) -> set[str]:
@@ -14,24 +17,33 @@ def listed(capsys, argv) -> set[str]:
 
 def test_grpo_options_appear_under_grpo_phases_only(capsys):
     keys = listed(capsys, ["--preset=smoke"])
-    for name in KIND_OPTIONS["grpo"]:
+    for name in GRPO_KNOBS:
         assert f"grpo.{name}" in keys
         assert f"pretrain.{name}" not in keys and f"sft.{name}" not in keys
     assert "pretrain.mix" in keys and "sft.mix" not in keys and "grpo.mix" not in keys
     for name in ("steps", "batch_size", "lr_scale", "data", "aux"):  # every phase has these
         assert {f"pretrain.{name}", f"sft.{name}", f"grpo.{name}"} <= keys
+    assert not any(key.endswith(".options") for key in keys)
 
 
 def test_an_aux_objective_brings_its_options_along():
-    cfg = load_preset("smoke")
-    cfg.phase("sft").aux = "grpo=0.5"
-    assert shown_in_help(cfg, "sft.group_size") and not shown_in_help(cfg, "pretrain.group_size")
+    keys = {key for key, _, _ in all_keys(apply_overrides(load_preset("smoke"), {"sft.aux": "grpo=0.5", "sft.group_size": "2"}))}
+    assert {"sft.group_size", "sft.beta"} <= keys and "pretrain.group_size" not in keys
 
 
-@pytest.mark.parametrize("kind", sorted(KIND_OPTIONS))
-def test_kind_options_are_phase_fields(kind):
-    fields = set(PhaseConfig.__dataclass_fields__)
-    assert set(KIND_OPTIONS[kind]) <= fields
+def test_the_help_of_a_knob_is_its_comment(capsys):
+    assert main(["--preset=smoke", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"--grpo.eps_high=0.28 +ratio clipped above at 1 \+ eps_high", out)
+    assert re.search(r"--pretrain.mix=\S+ +embedded pretraining documents", out)
+    assert re.search(r"--sft.objective=sft +what the phase optimises \[pretrain \| sft \| grpo\]", out)
+
+
+def test_config_holds_a_phase_only_its_kinds_options():
+    cfg = apply_overrides(load_preset("smoke"), {"sft.aux": "pretrain=0.1"})
+    assert {p.name: sorted(p.options) for p in cfg.phases} == {
+        "pretrain": ["pretrain"], "sft": ["pretrain"], "grpo": ["grpo"]}
+    assert isinstance(cfg.phase("sft").options["pretrain"], PretrainOptions)
 
 
 def test_help_says_what_may_change_on_resume_and_how_to_import(capsys):

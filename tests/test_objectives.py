@@ -5,8 +5,9 @@ import torch
 from model.gpt import GPT, GPTConfig
 from train.config import PhaseConfig
 from train.data import IGNORE, conversations
-from train.objectives import NextTokenLoss
-from train.rl import GRPOObjective, RolloutSource
+from train.grpo import GRPOObjective, GRPOOptions
+from train.rollout import RolloutSource
+from train.supervised import NextTokenLoss
 from train.tasks import ArithmeticTask, RewardError, get_reward
 from train.tokenizer import Tokenizer
 
@@ -74,8 +75,8 @@ def test_sft_loss_is_invariant_to_micro_batch_split(tok):
 
 
 def rollouts(tok, model, micro_rows, **kw):
-    p = PhaseConfig(name="grpo", objective="grpo", batch_size=8, micro_batch_size=micro_rows, group_size=4,
-                    max_new_tokens=12, **kw)
+    p = PhaseConfig(name="grpo", objective="grpo", batch_size=8, micro_batch_size=micro_rows,
+                    options={"grpo": GRPOOptions(group_size=4, max_new_tokens=12, **kw)})
     src = RolloutSource(p, tok, lambda i: TASK.prompt("train", i), get_reward("arithmetic"), None, seed=3)
     return p, src, src.next_step(8, micro_rows, model)
 
@@ -112,8 +113,8 @@ def test_first_pass_has_ratio_one_and_zero_kl(tok):
 
 def test_mu_reuses_each_rollout_batch(tok):
     model = make_model(tok)
-    p = PhaseConfig(name="grpo", objective="grpo", batch_size=4, micro_batch_size=4, group_size=2,
-                    max_new_tokens=8, mu=2)
+    p = PhaseConfig(name="grpo", objective="grpo", batch_size=4, micro_batch_size=4,
+                    options={"grpo": GRPOOptions(group_size=2, max_new_tokens=8, mu=2)})
     src = RolloutSource(p, tok, lambda i: TASK.prompt("train", i), get_reward("arithmetic"), None, seed=0)
     first, second, third = (src.next_step(4, 4, model) for _ in range(3))
     assert first is second and third is not first and src.cursor == 4  # 2 prompts per rollout batch
@@ -121,7 +122,8 @@ def test_mu_reuses_each_rollout_batch(tok):
 
 def test_bad_reward_value_is_a_clear_error(tok):
     model = make_model(tok)
-    p = PhaseConfig(name="grpo", objective="grpo", batch_size=2, micro_batch_size=2, group_size=2, max_new_tokens=4)
+    p = PhaseConfig(name="grpo", objective="grpo", batch_size=2, micro_batch_size=2,
+                    options={"grpo": GRPOOptions(group_size=2, max_new_tokens=4)})
     src = RolloutSource(p, tok, lambda i: TASK.prompt("train", i), lambda c, a: None, None, seed=0)
     with pytest.raises(RewardError, match="reward function <lambda> returned None"):
         src.next_step(2, 2, model)

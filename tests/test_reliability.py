@@ -22,18 +22,20 @@ import pytest
 import torch
 
 import train.loop
-import train.objectives
-import train.rl
+import train.supervised
+import train.rollout
 from model.gpt import GPT, GPTConfig
 from train import checkpoint
 from train.checkpoint import CheckpointError
 from train.cli import main
 from train.config import ConfigError, PhaseConfig, apply_overrides, load_preset
-from train.data import (DataError, TokenStream, fit_context, parse_conversation, parse_prompt, parse_text,
-                        read_documents, read_jsonl)
+from train.data import TokenStream
+from train.readers import (DataError, fit_context, parse_conversation, parse_prompt, parse_text, read_documents,
+                           read_jsonl)
 from train.loop import Interrupted
-from train.phases import _user_items
-from train.rl import GRPOObjective, RolloutSource
+from train.grpo import GRPOObjective, GRPOOptions, user_prompts
+from train.rollout import RolloutSource
+from train.supervised import user_conversations
 from train.run import run
 from train.tasks import REWARDS, ArithmeticTask, RewardError
 from train.tokenizer import SPECIAL_TOKENS, Tokenizer
@@ -277,7 +279,7 @@ class NaNGrad(torch.autograd.Function):
 def poison(monkeypatch, bad_loss, bad_grad=()):
     """Wrap the next-token objective: its n-th call (2 micro-batches per base-smoke step) returns a NaN loss
     (n in bad_loss) or a NaN gradient for blocks.1.mlp.down.weight (n in bad_grad)."""
-    objective, calls = train.objectives.NextTokenLoss.__call__, iter(range(10**6))
+    objective, calls = train.supervised.NextTokenLoss.__call__, iter(range(10**6))
 
     def poisoned(self, model, batch):
         loss, metrics = objective(self, model, batch)
@@ -288,7 +290,7 @@ def poison(monkeypatch, bad_loss, bad_grad=()):
             loss = loss + NaNGrad.apply(model.blocks[1].mlp.down.weight)
         return loss, {**metrics, "loss": loss.detach()}
 
-    monkeypatch.setattr(train.objectives.NextTokenLoss, "__call__", poisoned)
+    monkeypatch.setattr(train.supervised.NextTokenLoss, "__call__", poisoned)
 
 
 def test_a_nan_loss_or_gradient_skips_the_step_and_is_reported(tmp_path, capsys, monkeypatch):
@@ -327,11 +329,11 @@ def tok():
 
 def rollout(monkeypatch, tok, completion: list[int], reward, **phase):
     """One rollout batch of 2 prompts × 2 completions, every completion `completion`; (loss, metrics)."""
-    p = PhaseConfig(name="grpo", objective="grpo", batch_size=4, micro_batch_size=4, group_size=2,
-                    max_new_tokens=6, **phase)
+    p = PhaseConfig(name="grpo", objective="grpo", batch_size=4, micro_batch_size=4,
+                    options={"grpo": GRPOOptions(group_size=2, max_new_tokens=6, **phase)})
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=320, seq_len=64, n_layer=1, n_head=2, n_kv_head=1, n_embd=32))
-    monkeypatch.setattr(train.rl, "generate", lambda model, prompts, **kw: [list(completion) for _ in prompts])
+    monkeypatch.setattr(train.rollout, "generate", lambda model, prompts, **kw: [list(completion) for _ in prompts])
     prompt = lambda i: ([{"role": "user", "content": f"What is {i}+1?"}], str(i + 1))  # noqa: E731
     batches = RolloutSource(p, tok, prompt, reward, None, 0).next_step(4, 4, model)
     loss, metrics = GRPOObjective(p)(model, batches[0])
@@ -485,8 +487,8 @@ def test_overlong_prompts_are_dropped_with_a_count(tmp_path, tok, capsys):
     rl = tmp_path / "rl.jsonl"
     rl.write_text("".join(json.dumps({"prompt": "word " * (60 if i % 4 == 0 else 3), "answer": i}) + "\n"
                           for i in range(40)))
-    p = PhaseConfig(name="grpo", objective="grpo", data=str(rl), max_new_tokens=16)
-    train_items, held = _user_items(p, SimpleNamespace(tok=tok, seq_len=64))
+    p = PhaseConfig(name="grpo", objective="grpo", data=str(rl), options={"grpo": GRPOOptions(max_new_tokens=16)})
+    train_items, held = user_prompts(p, SimpleNamespace(tok=tok, seq_len=64))
     assert len(train_items) + len(held) == 30
     assert capsys.readouterr().out.strip() == (f"note: {rl}: dropped 10 of 40 examples whose prompt is longer than "
                                                f"the 48 tokens the context leaves for it")
@@ -495,8 +497,8 @@ def test_overlong_prompts_are_dropped_with_a_count(tmp_path, tok, capsys):
                    json.dumps({"messages": [{"role": "assistant", "content": "hi " * 70},
                                             {"role": "user", "content": "word " * 70}]}) + "\n" +
                    json.dumps({"prompt": "short", "response": "word " * 70}) + "\n")
-    train_items, held = _user_items(PhaseConfig(name="sft", objective="sft", data=str(sft)),
-                                    SimpleNamespace(tok=tok, seq_len=64))
+    train_items, held = user_conversations(PhaseConfig(name="sft", objective="sft", data=str(sft)),
+                                           SimpleNamespace(tok=tok, seq_len=64))
     assert len(train_items) + len(held) == 2 and "dropped 1 of 3" in capsys.readouterr().out
     with pytest.raises(DataError, match="every prompt is longer than the 4 tokens"):
         fit_context([[1] * 5], len, 4, "x.jsonl")

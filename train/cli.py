@@ -15,8 +15,8 @@ import textwrap
 from dataclasses import dataclass, field
 
 from train.checkpoint import CheckpointError
-from train.config import PRESETS, ConfigError, all_keys, apply_overrides, load_preset, shown_in_help
-from train.data import DataError
+from train.config import PRESETS, ConfigError, all_keys, apply_overrides, load_preset
+from train.readers import DataError
 from train.loop import Interrupted, NumericalError
 from train.resume import RESUMABLE
 from train.rundir import RunDirError, Stopped
@@ -36,7 +36,7 @@ neither the model, the data nor the saved state may be given with it:
 --import=MODULE imports a module (a name on the path or a .py file) before the options are checked, e.g. one
 that registers a reward with train.tasks.register_reward; give it again when resuming such a run.
 
-options of preset {preset!r} (current values; GRPO options are listed under GRPO phases only):
+options of preset {preset!r} (current values; a phase lists the options of the objectives it trains):
 """
 
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_help(cfg, preset: str) -> None:
     resumable = textwrap.fill(RESUMABLE, width=110, initial_indent="  ", subsequent_indent="  ").strip()
     print(USAGE.format(presets=", ".join(PRESETS), preset=preset, resumable=resumable))
-    rows = [(f"--{key}={value}", help_) for key, value, help_ in all_keys(cfg) if shown_in_help(cfg, key)]
+    rows = [(f"--{key}={value}", help_) for key, value, help_ in all_keys(cfg)]
     width = max(len(r[0]) for r in rows) + 2
     for option, help_ in rows:
         print(f"  {option:<{width}}{help_}")

@@ -30,7 +30,7 @@ import torch.distributed as tdist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from train.config import ConfigError, RunConfig, parse_aux
+from train.settings import ConfigError
 
 
 @dataclass(frozen=True)
@@ -90,22 +90,6 @@ def destroy(together: bool) -> None:
         if together:
             tdist.barrier()
         tdist.destroy_process_group()
-
-
-def check_batch_sizes(cfg: RunConfig, world_size: int) -> None:
-    """batch_size counts the rows of a step over all ranks, micro_batch_size one rank's forward; a GRPO step
-    gives each rank whole groups. Checked once the world size is known."""
-    for p in cfg.phases:
-        if p.batch_size % (world_size * p.micro_batch_size):
-            raise ConfigError(
-                f"{p.name}.batch_size={p.batch_size} (rows per step over all ranks) must be divisible by "
-                f"world_size × {p.name}.micro_batch_size = {world_size}×{p.micro_batch_size}; change one of them")
-        rl = p.objective == "grpo" or any(name == "grpo" for name, _ in parse_aux(p.aux))
-        if rl and (p.batch_size // world_size) % p.group_size:
-            raise ConfigError(
-                f"{p.name}.batch_size / world_size = {p.batch_size}/{world_size} = {p.batch_size // world_size} "
-                f"completions per rank must be a multiple of {p.name}.group_size={p.group_size} so no group is "
-                f"split across ranks; change the batch size or the number of processes")
 
 
 # ------------------------------------------------------------------------------------------ collectives

@@ -20,7 +20,7 @@ from kernels import linear_cross_entropy
 from model.gpt import GPT
 from model.sampler import generate
 from train.data import IGNORE, Batch
-from train.objectives import loss_backend
+from train.heads import loss_backend
 from train.tasks import checked_reward
 from train.tokenizer import Tokenizer
 

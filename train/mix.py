@@ -11,8 +11,9 @@ from __future__ import annotations
 class MixedSource:
     """Draws one step from every component's source; each micro-batch remembers which component it is."""
 
-    def __init__(self, sources: list):
-        self.sources = sources
+    def __init__(self, parts: list[tuple[str, object]]):
+        self.names = [name for name, _ in parts]  # (kind name, source), the phase's main source first
+        self.sources = [source for _, source in parts]
 
     def next_step(self, rows: int, micro_rows: int, model=None) -> list:
         out = []

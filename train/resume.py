@@ -20,7 +20,7 @@ import os
 import sys
 
 from train.config import ConfigError, RunConfig, apply_overrides, from_dict
-from train.data import DataError
+from train.readers import DataError
 
 RUN_KEYS = ("optim.lr", "optim.grad_clip", "optim.max_bad_steps", "log_every", "eval_rows", "ckpt_every",
             "keep_checkpoints", "task.eval_problems", "task.pass_k", "task.max_new_tokens", "task.evaluate", "wandb",

@@ -29,7 +29,7 @@ from train import resume as resume_
 from train.config import ConfigError, RunConfig, to_dict
 from train.distributed import Dist
 from train.loop import Interrupted, NumericalError, Trainer
-from train.phases import Context, build_phases, task_evals, tokenizer_corpus
+from train.phases import build_phases, check_batch_layout, context, task_evals, tokenizer_corpus
 from train.report import RunLog, gpu_peak_flops
 from train.tasks import ArithmeticTask
 from train.tokenizer import Tokenizer
@@ -131,7 +131,7 @@ def _distributed(cfg: RunConfig, state: dict | None, out_dir: str | None, record
     dist = distributed.init(cfg.device, cfg.backend)
     together = False  # whether every rank leaves at the same point (see distributed.destroy)
     try:
-        distributed.check_batch_sizes(cfg, dist.world_size)
+        check_batch_layout(cfg, dist.world_size)
         out_dir = distributed.broadcast(out_dir)  # rank 0 named (and locked) it
         try:
             summary = _train(cfg, state, out_dir, dist, record)
@@ -173,10 +173,10 @@ def _train(cfg: RunConfig, state: dict | None, out_dir: str, dist: Dist, record:
     startup.check_memory(cfg, device)
 
     model = GPT(cfg.model).to(device)
-    ctx = Context(cfg, tok, task, out_dir, dist)
+    ctx = context(cfg, tok, task, out_dir, dist)
     with distributed.main_first(dist):  # user text is tokenized into a shard file once, by rank 0
-        phases = build_phases(ctx)
-    evaluators = {name: fn for p in phases for name, fn in p.evals.items()} | task_evals(ctx)
+        phases = build_phases(cfg, ctx)
+    evaluators = {name: fn for p in phases for name, fn in p.evals.items()} | task_evals(cfg, ctx)
     flops, flops_source = peak_flops(device)
     prov = provenance(device) | {"peak_flops": flops, "peak_flops_source": flops_source,
                                  "params": model.num_params(), "tokenizer_vocab": tok.n_vocab,

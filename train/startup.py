@@ -26,6 +26,7 @@ import torch
 
 from kernels._dispatch import attention_path
 from model.gpt import GPT
+from train import objectives
 from train.config import ConfigError, RunConfig
 
 GIB = 2**30
@@ -42,7 +43,7 @@ def memory_estimate(cfg: RunConfig, device: torch.device) -> dict[str, float]:
     path = attention_path(m.kernels, torch.empty(0, device=device))
     out = {
         "weights, gradients and AdamW state": 16.0 * n,
-        "reference model": 4.0 * n * any(p.objective == "grpo" and p.beta > 0 for p in cfg.phases),
+        "reference model": 4.0 * n * max(k.frozen_copies(p) for p in cfg.phases for k in objectives.kinds(p)),
         "activations": (2 if bf16 else 4) * m.n_layer * tokens * 16 * m.n_embd
         + 4.0 * m.n_layer * tokens * 2 * m.n_head * m.seq_len * (path == "reference")
         + 4.0 * tokens * m.seq_len * (path == "sdpa")

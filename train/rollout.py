@@ -31,14 +31,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels import group_advantages, grpo_token_weights, linear_grpo_loss, linear_token_logprobs
+from kernels import group_advantages, grpo_token_weights
 from model.gpt import GPT
 from model.sampler import generate
 from train import distributed
-from train.config import PhaseConfig
-from train.data import IGNORE, Batch, DataError
+from train.data import IGNORE, Batch
+from train.heads import completion_logprobs
+from train.kind import PhaseConfig
+from train.readers import DataError
 from train.distributed import SINGLE, Dist
-from train.objectives import loss_backend
 from train.tasks import checked_reward
 from train.tokenizer import Tokenizer
 
@@ -54,22 +55,13 @@ class RolloutBatch(Batch):
     info: dict = field(default_factory=dict)  # rollout metrics (global), on rank 0's first micro-batch only
 
 
-def completion_logprobs(model: GPT, batch: Batch, temperature: float) -> torch.Tensor:
-    """log p(completion token) at every supervised position of `batch`, 0 elsewhere: (B, T) fp32."""
-    hidden = model(batch.idx, doc_ids=batch.doc_ids)
-    sel = batch.targets != IGNORE
-    out = torch.zeros(batch.targets.shape, dtype=torch.float32, device=hidden.device)
-    out[sel] = linear_token_logprobs(hidden[sel], model.lm_head.weight, batch.targets[sel],
-                                     temperature=temperature, backend=loss_backend(model))
-    return out
-
-
 class RolloutSource:
     """Generates, scores and packs GRPO rollouts; reuses each rollout batch for `mu` optimiser steps."""
 
     def __init__(self, p: PhaseConfig, tok: Tokenizer, prompt, reward_fn, count: int | None, seed: int,
                  dist: Dist = SINGLE):
         self.p, self.tok, self.prompt, self.reward_fn, self.count = p, tok, prompt, reward_fn, count
+        self.o = p.options["grpo"]  # the phase's GRPO knobs (train/grpo.py: GRPOOptions)
         self.seed, self.dist = seed, dist
         self.cursor = 0  # next global prompt index (the same on every rank)
         self.ref: GPT | None = None  # frozen snapshot of the policy at the start of the phase (beta > 0)
@@ -81,13 +73,13 @@ class RolloutSource:
     def next_step(self, rows: int, micro_rows: int, model: GPT) -> list[RolloutBatch]:
         self._materialise(model)
         if self.passes_left == 0:
-            self.buffer, self.passes_left = self.rollout(model, rows, micro_rows), self.p.mu
+            self.buffer, self.passes_left = self.rollout(model, rows, micro_rows), self.o.mu
         self.passes_left -= 1
         return self.buffer
 
     def _materialise(self, model: GPT) -> None:
         """Create (or restore from a checkpoint) the reference snapshot."""
-        if self.p.beta > 0 and self.ref is None:
+        if self.o.beta > 0 and self.ref is None:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         if self._pending_ref is not None:
             ref, self._pending_ref = self._pending_ref, None
@@ -97,7 +89,7 @@ class RolloutSource:
     @torch.no_grad()
     def rollout(self, model: GPT, rows: int, micro_rows: int) -> list[RolloutBatch]:
         """This rank's share of a rollout batch of `rows` completions (all ranks), in micro-batches."""
-        p, tok, G, dist = self.p, self.tok, self.p.group_size, self.dist
+        p, o, tok, G, dist = self.p, self.o, self.tok, self.o.group_size, self.dist
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
@@ -107,17 +99,17 @@ class RolloutSource:
         self.cursor += rows // G
         prompts = [tok.render_prompt(msgs) for msgs, _ in items for _ in range(G)]  # group-major
         longest = max(map(len, prompts))
-        if longest + p.max_new_tokens > model.cfg.seq_len:
+        if longest + o.max_new_tokens > model.cfg.seq_len:
             raise DataError(f"{p.name}: a prompt of {longest} tokens leaves no room for {p.name}.max_new_tokens="
-                            f"{p.max_new_tokens} in model.seq_len={model.cfg.seq_len}; lower one or raise the other")
-        completions = generate(model, prompts, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
-                               top_k=p.top_k or None, stop_id=tok.end, pad_id=tok.pad,
+                            f"{o.max_new_tokens} in model.seq_len={model.cfg.seq_len}; lower one or raise the other")
+        completions = generate(model, prompts, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
+                               top_k=o.top_k or None, stop_id=tok.end, pad_id=tok.pad,
                                seeds=[self._seed(i, j) for i in mine for j in range(G)])
         t_gen = time.perf_counter() - t0
         texts = [tok.completion_text(c) for c in completions]
         raw = [self.score(text, items[i // G][1]) for i, text in enumerate(texts)]
-        rewards = torch.tensor([min(max(r, p.reward_min), p.reward_max) for r in raw])  # clamped into range
-        adv = group_advantages(rewards, G, scale_std=p.scale_std, std_floor=p.std_floor, backend="reference")
+        rewards = torch.tensor([min(max(r, o.reward_min), o.reward_max) for r in raw])  # clamped into range
+        adv = group_advantages(rewards, G, scale_std=o.scale_std, std_floor=o.std_floor, backend="reference")
 
         # rows: prompt + completion, right-padded to the longest row of any rank (the shapes one process
         # would use); the target at position t is token t+1
@@ -129,8 +121,8 @@ class RolloutSource:
             targets[i, len(a) - 1 : len(a) + len(b) - 1] = torch.tensor(b)
         idx, mask = ids[:, :-1], targets != IGNORE
         n_tokens = distributed.all_reduce(int(mask.sum()))  # completion tokens of the whole step, every rank
-        weights = grpo_token_weights(mask, p.loss_type, num_sequences=rows, num_tokens=n_tokens,
-                                     max_len=max(p.max_new_tokens, L - 1))
+        weights = grpo_token_weights(mask, o.loss_type, num_sequences=rows, num_tokens=n_tokens,
+                                     max_len=max(o.max_new_tokens, L - 1))
         token_adv = adv.advantages[:, None].expand_as(targets) * mask
 
         device = model.wte.weight.device
@@ -138,18 +130,18 @@ class RolloutSource:
                 "advantages": token_adv, "weights": weights, "normaliser": float(n_tokens), "info": {}}
         batches = [b.to(device) for b in _batches(flat, micro_rows)]
         for b in batches:
-            b.old_logp = completion_logprobs(model, b, p.temperature)
+            b.old_logp = completion_logprobs(model, b, o.temperature)
             if self.ref is not None:
-                b.ref_logp = completion_logprobs(self.ref, b, p.temperature)
+                b.ref_logp = completion_logprobs(self.ref, b, o.temperature)
         model.train(was_training)
 
         correct = (rewards >= 1.0).double()
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.float64)
         # completions that hit max_new_tokens without <|end|>; empty ones, nothing before the stop (they are
         # scored as usual and train on their stop token only); with a reward the clamp above changed
-        truncated = sum(len(c) == p.max_new_tokens and c[-1] != tok.end for c in completions)
+        truncated = sum(len(c) == o.max_new_tokens and c[-1] != tok.end for c in completions)
         empty = sum(c[:1] in ([], [tok.end]) for c in completions)
-        out_of_range = sum(not p.reward_min <= r <= p.reward_max for r in raw)
+        out_of_range = sum(not o.reward_min <= r <= o.reward_max for r in raw)
         # sums over every rank's completions (and groups), divided by the global counts
         sums = distributed.all_reduce(torch.stack([
             rewards.double().sum(), correct.sum(), correct.view(-1, G).amax(dim=1).sum(),
@@ -235,30 +227,3 @@ def _batches(rows: dict, micro_rows: int) -> list[RolloutBatch]:
                         normaliser=rows["normaliser"]) for s in range(0, rows["idx"].size(0), micro_rows)]
     out[0].info = dict(rows["info"])
     return out
-
-
-class GRPOObjective:
-    """Clipped policy gradient with optional k3 KL, aggregated by the rollout batch's token weights."""
-
-    def __init__(self, p: PhaseConfig):
-        self.p = p
-
-    def __call__(self, model: GPT, b: RolloutBatch):
-        p = self.p
-        hidden = model(b.idx, doc_ids=b.doc_ids)
-        sel = b.targets != IGNORE
-        loss, st = linear_grpo_loss(
-            hidden[sel], model.lm_head.weight, b.targets[sel], b.old_logp[sel],
-            None if b.ref_logp is None else b.ref_logp[sel], b.advantages[sel], b.weights[sel],
-            temperature=p.temperature, eps_low=p.eps_low, eps_high=p.eps_high, beta=p.beta,
-            return_entropy=True, backend=loss_backend(model),
-        )
-        n = max(b.normaliser, 1.0)  # completion tokens in the whole step: the shares below add up to step means
-        metrics = {
-            "loss": loss.detach(),
-            "kl": 0.0 if st.kl_sum is None else float(st.kl_sum) / n,
-            "clip": float(st.low_clipped + st.high_clipped) / n,
-            "entropy": float(st.entropy_sum) / n,
-            **b.info,
-        }
-        return loss, metrics

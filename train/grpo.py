@@ -1,0 +1,128 @@
+"""The `grpo` kind: group-relative policy optimisation on prompts with a reward.
+
+Its source samples and scores rollouts (train/rollout.py); its objective is the clipped policy gradient
+with an optional k3 KL to the phase-start policy, aggregated by the rollout batch's token weights:
+
+    loss = Σ_t w_t · (−min(ratio·A, clip(ratio, 1 − eps_low, 1 + eps_high)·A) + beta·k3),   ratio = p/p_old
+
+The weights `w` (from `loss_type`) sum over the whole rollout batch, so the loss does not depend on how a
+step is split into micro-batches or ranks. A user's prompts are held out as a task-accuracy set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kernels import linear_grpo_loss
+from model.gpt import GPT
+from train.data import IGNORE
+from train.evaluate import task_accuracy
+from train.heads import loss_backend
+from train.kind import Context, ObjectiveKind, PhaseConfig
+from train.readers import fit_context, read_prompts, split_held_out
+from train.rollout import RolloutBatch, RolloutSource
+from train.settings import ConfigError, check, choice, nonnegative, positive
+from train.tasks import REWARDS, get_reward
+
+
+@dataclass
+class GRPOOptions:
+    group_size: int = 8  # completions sampled per prompt (G); batch_size and micro_batch_size count completions
+    temperature: float = 1.0  # sampling temperature of rollouts (log-probs use the same)
+    top_k: int = 0  # sample among the k most likely tokens (0: all)
+    max_new_tokens: int = 48  # completion length limit
+    reward: str = "arithmetic"  # reward function by name: arithmetic, exact, numeric, or one you register
+    loss_type: str = choice("dapo", ("grpo", "bnpo", "dapo", "dr_grpo"), "how token losses are aggregated")
+    eps_low: float = 0.2  # ratio clipped below at 1 - eps_low
+    eps_high: float = 0.28  # ratio clipped above at 1 + eps_high
+    beta: float = 0.0  # k3 KL coefficient to the phase-start reference (0: no reference kept)
+    mu: int = 1  # optimiser steps per rollout batch
+    scale_std: bool = True  # divide advantages by the group std (false: Dr. GRPO)
+    std_floor: float = 0.0  # floor on the group std before dividing
+    reward_min: float = 0.0  # rewards below this are clamped up to it (and counted: reward_out_of_range)
+    reward_max: float = 1.0  # rewards above this are clamped down to it (built-in rewards are 0 or 1)
+
+
+def _check(p: PhaseConfig) -> None:
+    o, at = p.options["grpo"], f"{p.name}."
+    positive(o, at, "group_size", "max_new_tokens", "mu")
+    nonnegative(o, at, "temperature", "top_k", "eps_low", "eps_high", "beta", "std_floor")
+    check(o, at, "eps_low", o.eps_low < 1, "in [0, 1)")
+    check(o, at, "reward_max", math.isfinite(o.reward_min) and math.isfinite(o.reward_max)
+          and o.reward_min < o.reward_max, f"finite and > {at}reward_min={o.reward_min}")
+    check(o, at, "group_size", o.group_size >= 2, ">= 2 (advantages compare completions of a group)")
+    check(o, at, "temperature", o.temperature > 0, "> 0 (rollout log-probs divide by it)")
+    check(o, at, "reward", o.reward in REWARDS,
+          f"a registered reward: {', '.join(sorted(REWARDS))} (a module given with --import=MODULE "
+          f"can add one with train.tasks.register_reward)")
+    if p.batch_size % o.group_size:
+        raise ConfigError(f"{at}batch_size={p.batch_size} (completions per step) must be a multiple of "
+                          f"{at}group_size={o.group_size}")
+
+
+def _check_layout(p: PhaseConfig, world_size: int) -> None:
+    """Each rank samples whole groups."""
+    G, per_rank = p.options["grpo"].group_size, p.batch_size // world_size
+    if per_rank % G:
+        raise ConfigError(
+            f"{p.name}.batch_size / world_size = {p.batch_size}/{world_size} = {per_rank} completions per rank "
+            f"must be a multiple of {p.name}.group_size={G} so no group is split across ranks; change the "
+            f"batch size or the number of processes")
+
+
+def user_prompts(p: PhaseConfig, ctx: Context) -> tuple[list, list]:
+    """A user's prompts, split into (train, held-out), without those that leave no room for a completion."""
+    room = ctx.seq_len - p.options["grpo"].max_new_tokens
+    prompts = fit_context(read_prompts(p.data), lambda item: len(ctx.tok.render_prompt(item[0])), room, p.data)
+    return split_held_out(prompts, p.data)
+
+
+def _sources(p: PhaseConfig, ctx: Context):
+    o, tok, task, T = p.options["grpo"], ctx.tok, ctx.task, ctx.seq_len
+    reward = get_reward(o.reward)
+    if p.data == "embedded":  # held out: the run's task evaluation already asks these problems
+        longest = max(len(tok.render_prompt(m)) for m in task.widest_prompts())
+        if longest + o.max_new_tokens > T:  # checked now, not when the phase begins after the others
+            raise ConfigError(f"{p.name}.max_new_tokens={o.max_new_tokens} does not fit: the task's prompts take up "
+                              f"to {longest} tokens of model.seq_len={T}; lower it or raise model.seq_len")
+        return RolloutSource(p, tok, lambda i: task.prompt("train", i), reward, None, ctx.seed, ctx.dist), {}
+    train, held = user_prompts(p, ctx)
+    return RolloutSource(p, tok, train.__getitem__, reward, len(train), ctx.seed, ctx.dist), {
+        p.name: lambda model: task_accuracy(model, tok, held, reward, max_new_tokens=o.max_new_tokens,
+                                            pass_k=ctx.pass_k, seed=ctx.seed)
+    }
+
+
+class GRPOObjective:
+    """Clipped policy gradient with optional k3 KL, aggregated by the rollout batch's token weights."""
+
+    def __init__(self, p: PhaseConfig):
+        self.o = p.options["grpo"]
+
+    def __call__(self, model: GPT, b: RolloutBatch):
+        o = self.o
+        hidden = model(b.idx, doc_ids=b.doc_ids)
+        sel = b.targets != IGNORE
+        loss, st = linear_grpo_loss(
+            hidden[sel], model.lm_head.weight, b.targets[sel], b.old_logp[sel],
+            None if b.ref_logp is None else b.ref_logp[sel], b.advantages[sel], b.weights[sel],
+            temperature=o.temperature, eps_low=o.eps_low, eps_high=o.eps_high, beta=o.beta,
+            return_entropy=True, backend=loss_backend(model),
+        )
+        n = max(b.normaliser, 1.0)  # completion tokens in the whole step: the shares below add up to step means
+        metrics = {
+            "loss": loss.detach(),
+            "kl": 0.0 if st.kl_sum is None else float(st.kl_sum) / n,
+            "clip": float(st.low_clipped + st.high_clipped) / n,
+            "entropy": float(st.entropy_sum) / n,
+            **b.info,
+        }
+        return loss, metrics
+
+
+GRPO = ObjectiveKind(
+    name="grpo", options=GRPOOptions, read=read_prompts,
+    texts=lambda item: [m["content"] for m in item[0]] + [item[1]],
+    sources=_sources, objective=lambda p, ctx: GRPOObjective(p), check=_check, check_layout=_check_layout,
+    frozen_copies=lambda p: int(p.options["grpo"].beta > 0),
+)
