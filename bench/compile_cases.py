@@ -14,6 +14,7 @@ of one (B, T, 2, Hkv, D) projection, dO arrives in the layout of q, and decode r
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -175,7 +176,7 @@ def _model(dtype=None):
 def model_pretrain_step():
     """The pretraining objective, forward and backward, on packed documents under bf16 autocast."""
     from train.data import Batch
-    from train.objectives import NextTokenLoss
+    from train.supervised import NextTokenLoss
 
     model, cfg = _model()
     B, T, V = 4, cfg.model.seq_len, cfg.model.vocab_size
@@ -191,11 +192,14 @@ def model_grpo_step():
     """GRPO's rollout scoring, group advantages and the policy objective's forward and backward."""
     from kernels import group_advantages
     from train.data import IGNORE
-    from train.rl import GRPOObjective, RolloutBatch, completion_logprobs
+    from train.grpo import GRPOObjective
+    from train.heads import completion_logprobs
+    from train.rollout import RolloutBatch
 
     model, cfg = _model()
     phase = next(p for p in cfg.phases if p.objective == "grpo")
-    phase.beta = 0.04
+    phase.options["grpo"] = dataclasses.replace(phase.options["grpo"], beta=0.04)
+    opts = phase.options["grpo"]
     B, T, V, prompt = 16, 96, cfg.model.vocab_size, 40
     idx = torch.randint(0, V, (B, T))
     targets = torch.randint(0, V, (B, T))
@@ -205,8 +209,8 @@ def model_grpo_step():
     batch = RolloutBatch(idx=idx, targets=targets, doc_ids=doc_ids, normaliser=float((targets != IGNORE).sum()))
     with torch.autocast("cpu", dtype=BF16):
         with torch.no_grad():
-            old = completion_logprobs(model, batch, phase.temperature)
-        adv = group_advantages(torch.rand(B), phase.group_size, backend="triton").advantages
+            old = completion_logprobs(model, batch, opts.temperature)
+        adv = group_advantages(torch.rand(B), opts.group_size, backend="triton").advantages
         batch.old_logp, batch.ref_logp = old, old.clone()
         batch.advantages = adv[:, None].expand(B, T).contiguous()
         batch.weights = torch.full((B, T), 1.0 / batch.normaliser)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from model.gpt import GPT
 from train.config import RunConfig, apply_overrides, load_preset
 from train.loop import Trainer
-from train.phases import Context, build_phases
+from train.phases import build_phases, context
 from train.run import build_tokenizer
 from train.tasks import ArithmeticTask
 
@@ -33,7 +33,7 @@ def default_run(overrides: dict[str, str]) -> tuple[RunConfig, Trainer]:
     task = ArithmeticTask(cfg.task.digits, cfg.task.ops, cfg.seed, cfg.task.direct)
     tok = build_tokenizer(cfg, task)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=-(-tok.n_vocab // 64) * 64))
-    phases = build_phases(Context(cfg, tok, task, out_dir=""))
+    phases = build_phases(cfg, context(cfg, tok, task, out_dir=""))
     return cfg, Trainer(cfg, GPT(cfg.model), phases, evaluators={}, out_dir="", extra_state={}, peak_flops=None)
 
 
