@@ -4,15 +4,18 @@ import os
 import torch
 import triton
 
-BACKENDS = ("auto", "triton", "reference")
-ATTENTION_BACKENDS = (*BACKENDS, "sdpa")  # attention has a fourth path: torch's F.scaled_dot_product_attention
+# The one kernel switch, with the same values wherever it is read: the model's `model.kernels` and every public
+# function's `backend`. "sdpa" picks torch's scaled_dot_product_attention in `attention` (attention_path
+# below); the other ops have no SDPA path and read it as "auto", so the model's switch goes to every op as is.
+BACKENDS = ("auto", "triton", "reference", "sdpa")
 
 
 def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
-    """True when the Triton kernel should run: forced by "triton", or "auto" with CUDA inputs."""
+    """True when the Triton kernel should run: forced by "triton", or "auto" (or "sdpa", outside attention)
+    with CUDA inputs."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
-    if backend == "auto":
+    if backend in ("auto", "sdpa"):
         return all(t.is_cuda for t in tensors if t is not None)
     return backend == "triton"
 
@@ -42,8 +45,8 @@ def attention_path(backend: str, *tensors: torch.Tensor) -> str:
     softmax (no (B, H, Tq, Tk) scores) and reads each K/V head for its whole query group (no repeat). The
     fp32 reference, which materialises both, is the tests' oracle and runs only when asked for by name.
     """
-    if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"backend={backend!r} is not one of {ATTENTION_BACKENDS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
     if backend == "auto":
         return "triton" if use_triton(backend, *tensors) else "sdpa"
     return backend

@@ -334,13 +334,3 @@ def cross_entropy(logits, target, *, ignore_index: int = -100, reduction: str = 
         loss, lse = cross_entropy_fwd(logits, target, ignore_index=ignore_index, z_loss=z_loss, softcap=softcap)
         loss = _reduce(loss, reduction, _mean_scale(target, ignore_index) if reduction == "mean" else None)
     return (loss, lse) if return_lse else loss
-
-
-def __getattr__(name):
-    # The fused linear + cross-entropy lives in kernels/linear_cross_entropy.py and imports the launchers
-    # above; it is re-exported here lazily so that either module can be imported first.
-    if name in ("linear_cross_entropy", "linear_cross_entropy_reference"):
-        from kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
-        return {"linear_cross_entropy": linear_cross_entropy,
-                "linear_cross_entropy_reference": linear_cross_entropy_reference}[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

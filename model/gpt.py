@@ -14,8 +14,9 @@ GRPO) take the hidden states and the head weight together so the fused kernels n
 logits for the whole batch. `logits()` exists for sampling, where only the last position is needed.
 
 `kernels` picks the attention implementation: "auto" (Triton on CUDA, torch's SDPA elsewhere), "triton",
-"reference" (the fp32 oracle of the tests), or "sdpa"; `kernels._dispatch.attention_path` is the rule. Losses
-take the same switch from the objective.
+"reference" (the fp32 oracle of the tests), or "sdpa"; `kernels._dispatch.attention_path` is the rule. The run
+hands the loss heads the same value from its config (train/heads.py); kernels/_dispatch.py says what each
+value means to every op.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import attention
-from kernels._dispatch import ATTENTION_BACKENDS as KERNELS
+from kernels._dispatch import BACKENDS as KERNELS
 
 
 @dataclass
