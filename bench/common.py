@@ -38,7 +38,7 @@ import torch
 import triton
 
 from bench.check import IMPL_PARAMS
-from train.report import gpu_peak_flops
+from train.hardware import gpu_peak_flops
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

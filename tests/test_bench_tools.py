@@ -14,7 +14,7 @@ import pytest
 
 from bench import check, report
 from bench.common import gpu_slug
-from train.report import gpu_peak_flops
+from train.hardware import gpu_peak_flops
 
 REPO = Path(__file__).resolve().parent.parent
 PROV = {"device": "NVIDIA H100 80GB HBM3", "commit": "abc123", "torch": "2.x", "triton": "3.x",

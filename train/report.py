@@ -18,14 +18,6 @@ from train.rundir import write_atomic
 
 STANDARD = {"kind", "phase", "step", "lr", "ms", "tokens", "tok_s", "mfu", "loss"}  # fields every line has
 QUIET = {"rollout_s", "rollout_tok_s"}  # in metrics.jsonl, not on the console
-# Dense bf16 tensor-core peak per GPU (datasheet, no sparsity), matched against the device name in order, so
-# the more specific names come first. bench/ uses the same table.
-PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def gpu_peak_flops(device_name: str) -> float | None:
-    """Datasheet bf16 peak FLOP/s for a GPU name such as "NVIDIA H100 80GB HBM3"; None when unknown."""
-    return next((f for key, f in PEAK_FLOPS.items() if key.lower() in device_name.lower()), None)
 
 
 def fmt_time(s: float) -> str:

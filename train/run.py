@@ -30,7 +30,8 @@ from train.config import ConfigError, RunConfig, to_dict
 from train.distributed import Dist
 from train.loop import Interrupted, NumericalError, Trainer
 from train.phases import build_phases, check_batch_layout, context, task_evals, tokenizer_corpus
-from train.report import RunLog, gpu_peak_flops
+from train.hardware import peak_flops
+from train.report import RunLog
 from train.tasks import ArithmeticTask
 from train.tokenizer import Tokenizer
 
@@ -50,21 +51,6 @@ def provenance(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"commit": commit or "unknown", "device": name, "torch": torch.__version__, "triton": triton_version,
             "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
-
-
-def peak_flops(device: torch.device) -> tuple[float, str]:
-    """Peak FLOP/s for MFU: the datasheet bf16 figure for known GPUs, else a measured fp32 matmul."""
-    if device.type == "cuda" and (flops := gpu_peak_flops(torch.cuda.get_device_name(device))):
-        return flops, "datasheet bf16"
-    a = torch.randn(1024, 1024, device=device)
-    best = float("inf")
-    for _ in range(6):  # best of several: the machine's capability, not its momentary load
-        t0 = time.perf_counter()
-        a @ a
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 1024**3 / best, "measured 1024² fp32 matmul, best of 6"
 
 
 def build_tokenizer(cfg: RunConfig, task: ArithmeticTask) -> Tokenizer:
