@@ -152,12 +152,13 @@ def test_batch_that_does_not_split_over_ranks_is_a_config_error():
 
 def test_nccl_without_cuda_is_a_one_line_error(tmp_path, capsys):
     if torch.cuda.is_available():  # CUDA is there, but the run asks for the CPU
-        with pytest.raises(ConfigError, match="--backend=nccl needs CUDA but --device=cpu; use --backend=gloo"):
+        with pytest.raises(ConfigError, match="--dist_backend=nccl needs CUDA but --device=cpu; use "
+                                              "--dist_backend=gloo"):
             init("cpu", "nccl")
         return
-    assert main(["--preset=smoke", "--backend=nccl", f"--out={tmp_path / 'r'}"]) == 2
+    assert main(["--preset=smoke", "--dist_backend=nccl", f"--out={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: --backend=nccl needs CUDA but no CUDA device is available; use --backend=gloo "
+    assert err == ("error: --dist_backend=nccl needs CUDA but no CUDA device is available; use --dist_backend=gloo "
                    "(or auto) to train on CPU")
 
 

@@ -80,7 +80,8 @@ class RunConfig:
     keep_checkpoints: int = 2  # step checkpoints kept, the newest ones (each phase's last is kept as well)
     wandb: bool = False  # log to Weights & Biases (WANDB_MODE=offline works without network)
     threads: int = 0  # torch CPU threads (0: torch's default)
-    backend: str = choice("auto", ("auto", "nccl", "gloo"), "torchrun process group: auto = nccl on CUDA, gloo on CPU")
+    dist_backend: str = choice("auto", ("auto", "nccl", "gloo"),
+                               "torchrun process group: auto = nccl on CUDA, gloo on CPU")
     model: GPTConfig = field(default_factory=GPTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     task: TaskConfig = field(default_factory=TaskConfig)

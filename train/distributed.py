@@ -56,15 +56,16 @@ class Dist:
 SINGLE = Dist()  # one process, no process group
 
 
-def init(device: str = "auto", backend: str = "auto") -> Dist:
+def init(device: str = "auto", dist_backend: str = "auto") -> Dist:
     """Resolve the device and, under torchrun (WORLD_SIZE > 1), join the process group."""
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
         raise ConfigError("--device=cuda but no CUDA device is available; use --device=cpu or auto")
     on_cuda = device == "cuda" or (device == "auto" and cuda)
-    if backend == "nccl" and not on_cuda:
+    if dist_backend == "nccl" and not on_cuda:
         why = "no CUDA device is available" if not cuda else "--device=cpu"
-        raise ConfigError(f"--backend=nccl needs CUDA but {why}; use --backend=gloo (or auto) to train on CPU")
+        raise ConfigError(f"--dist_backend=nccl needs CUDA but {why}; use --dist_backend=gloo (or auto) to train on "
+                          f"CPU")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if on_cuda:
@@ -76,7 +77,7 @@ def init(device: str = "auto", backend: str = "auto") -> Dist:
     else:
         dev = torch.device("cpu")
     if world > 1:
-        name = backend if backend != "auto" else "nccl" if on_cuda else "gloo"
+        name = dist_backend if dist_backend != "auto" else "nccl" if on_cuda else "gloo"
         tdist.init_process_group(name, rank=rank, world_size=world)
     return Dist(rank, world, local, dev)
 

@@ -24,7 +24,7 @@ from train.readers import DataError
 
 RUN_KEYS = ("optim.lr", "optim.grad_clip", "optim.max_bad_steps", "log_every", "eval_rows", "ckpt_every",
             "keep_checkpoints", "task.eval_problems", "task.pass_k", "task.max_new_tokens", "task.evaluate", "wandb",
-            "device", "dtype", "model.kernels", "threads", "backend")
+            "device", "dtype", "model.kernels", "threads", "dist_backend")
 PHASE_KEYS = ("steps", "lr_scale", "eval_every")  # as --<phase>.<key>; steps only of phases not yet finished
 RESUMABLE = ", ".join([f"--{k}" for k in RUN_KEYS] + [f"--<phase>.{k}" for k in PHASE_KEYS])
 

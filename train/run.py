@@ -114,7 +114,7 @@ def _resumed_config(folder: str, saved: dict, overrides: dict, imports: tuple, s
 
 
 def _distributed(cfg: RunConfig, state: dict | None, out_dir: str | None, record: dict | None) -> dict:
-    dist = distributed.init(cfg.device, cfg.backend)
+    dist = distributed.init(cfg.device, cfg.dist_backend)
     together = False  # whether every rank leaves at the same point (see distributed.destroy)
     try:
         check_batch_layout(cfg, dist.world_size)
