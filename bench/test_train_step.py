@@ -170,7 +170,8 @@ def rollout_batches(gen: torch.Generator, weights: dict) -> list[RolloutBatch]:
     rewards = torch.randint(0, 2, (len(prompts),), generator=gen).float()
     adv = group_advantages(rewards, GROUP, backend="reference").advantages
     weights_t = grpo_token_weights(mask, "dapo", num_sequences=len(prompts), num_tokens=n, max_len=L - 1)
-    scorer = make_model(weights, "reference" if not CUDA else "auto").eval()
+    scorer_kernels = "reference" if not CUDA else "auto"
+    scorer = make_model(weights, scorer_kernels).eval()
     out = []
     for s in range(0, len(prompts), GRPO_MICRO):
         sl = slice(s, s + GRPO_MICRO)
@@ -178,7 +179,7 @@ def rollout_batches(gen: torch.Generator, weights: dict) -> list[RolloutBatch]:
                          advantages=adv[sl, None].expand_as(targets[sl]) * mask[sl],
                          weights=weights_t[sl]).to(DEVICE)
         with torch.no_grad(), autocast():
-            logp = completion_logprobs(scorer, b, GRPO["temperature"])
+            logp = completion_logprobs(scorer, b, GRPO["temperature"], scorer_kernels)
         sel = b.targets != IGNORE
         noise = lambda: 0.3 * torch.randn(logp.shape, generator=gen).to(DEVICE) * sel  # noqa: E731
         b.old_logp, b.ref_logp = logp + noise(), logp + noise()
@@ -188,7 +189,8 @@ def rollout_batches(gen: torch.Generator, weights: dict) -> list[RolloutBatch]:
 
 @pytest.fixture(scope="module")
 def problems(weights):
-    """phase -> (micro-batches, objective, PhaseConfig), built lazily and shared by every implementation."""
+    """phase -> (micro-batches, objective of a kernel switch, PhaseConfig), built lazily and shared by every
+    implementation."""
     cache = {}
 
     def get(phase: str):
@@ -198,12 +200,12 @@ def problems(weights):
                 cfg = PhaseConfig(name="grpo", objective="grpo", steps=10**6, batch_size=COMPLETIONS,
                                   micro_batch_size=GRPO_MICRO, warmup_steps=0, decay="constant",
                                   options={"grpo": GRPOOptions(group_size=GROUP, **GRPO)})
-                cache[phase] = (rollout_batches(gen, weights), GRPOObjective(cfg), cfg)
+                cache[phase] = (rollout_batches(gen, weights), lambda impl: GRPOObjective(cfg, impl), cfg)
             else:
                 cfg = PhaseConfig(name=phase, objective="sft" if phase == "sft" else "pretrain", steps=10**6,
                                   batch_size=ROWS, micro_batch_size=MICRO, warmup_steps=0, decay="constant")
                 batches = packed_batches(gen, supervise_prompts=phase != "sft", one_doc=phase == "pretrain_1doc")
-                cache[phase] = (batches, NextTokenLoss(), cfg)
+                cache[phase] = (batches, NextTokenLoss, cfg)
         return cache[phase]
 
     return get
@@ -217,6 +219,9 @@ class FixedSource:
 
     def next_step(self, rows, micro_rows, model):
         return self.batches
+
+    def metrics(self):
+        return {}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,7 +249,7 @@ def expected(weights, problems):
     def get(phase: str, impl: str):
         if (phase, impl) not in cache:
             batches, objective, _ = problems(phase)
-            cache[phase, impl] = loss_and_grads(make_model(weights, impl), batches, objective)
+            cache[phase, impl] = loss_and_grads(make_model(weights, impl), batches, objective(impl))
         return cache[phase, impl]
 
     return get
@@ -284,8 +289,8 @@ def check_greedy(model_impl: str, other: GPT, prompts, completions):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("phase", PHASES)
 def test_train_step(benchmark, weights, problems, expected, phase, impl):
-    batches, objective, cfg = problems(phase)
-    model = make_model(weights, impl)
+    batches, objective_of, cfg = problems(phase)
+    model, objective = make_model(weights, impl), objective_of(impl)
 
     # 1. check: loss and gradients against an independent path, same weights, same batch
     check_step(phase, impl, loss_and_grads(model, batches, objective), expected(phase, CHECK_AGAINST[impl]))

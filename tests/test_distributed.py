@@ -74,7 +74,7 @@ def sigterm_after(patch, step, rank):
     def train_step(self, phase):
         record = original(self, phase)
         if self.step == step and self.dist.rank == rank:
-            self.signal = signal.SIGTERM
+            self.stop.signum = signal.SIGTERM
         return record
 
     patch(train.loop.Trainer, "train_step", train_step)

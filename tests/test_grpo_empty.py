@@ -27,7 +27,9 @@ def empty_share(monkeypatch, tok, completion: list[int]) -> float:
     def prompt(i):
         return [{"role": "user", "content": f"What is {i}+1?"}], str(i + 1)
 
-    return RolloutSource(p, tok, prompt, REWARDS["exact"], None, 0).next_step(4, 4, model)[0].info["empty"]
+    source = RolloutSource(p, tok, prompt, REWARDS["exact"])
+    source.next_step(4, 4, model)
+    return source.metrics()["empty"]
 
 
 def test_only_the_stop_token_is_empty(monkeypatch, tok):

@@ -10,7 +10,7 @@ from train import objectives
 from train.cli import main
 from train.config import ConfigError, PhaseConfig, apply_overrides, load_preset
 from train.data import embedded_pretraining
-from train.heads import token_loss_sum
+from train.heads import next_token_losses
 from train.kind import ObjectiveKind
 from train.readers import read_documents
 from train.run import run
@@ -24,11 +24,11 @@ class ScaledOptions:
 class ScaledLoss:
     """scale × next-token cross-entropy over the step's supervised tokens."""
 
-    def __init__(self, scale: float):
-        self.scale = scale
+    def __init__(self, scale: float, backend: str):
+        self.scale, self.backend = scale, backend
 
     def __call__(self, model, batch):
-        loss = token_loss_sum(model, batch) / batch.normaliser
+        loss = next_token_losses(model, batch, self.backend) / batch.normaliser
         return self.scale * loss, {"loss": self.scale * loss.detach(), "unscaled": loss.detach()}
 
 
@@ -38,7 +38,7 @@ def facts(p, ctx):
 
 
 SCALED = ObjectiveKind(name="scaled", options=ScaledOptions, read=read_documents, texts=lambda doc: [doc],
-                       sources=facts, objective=lambda p, ctx: ScaledLoss(p.options["scaled"].scale))
+                       sources=facts, objective=lambda p, ctx: ScaledLoss(p.options["scaled"].scale, ctx.kernels))
 
 
 @pytest.fixture

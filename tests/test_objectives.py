@@ -77,7 +77,7 @@ def test_sft_loss_is_invariant_to_micro_batch_split(tok):
 def rollouts(tok, model, micro_rows, **kw):
     p = PhaseConfig(name="grpo", objective="grpo", batch_size=8, micro_batch_size=micro_rows,
                     options={"grpo": GRPOOptions(group_size=4, max_new_tokens=12, **kw)})
-    src = RolloutSource(p, tok, lambda i: TASK.prompt("train", i), get_reward("arithmetic"), None, seed=3)
+    src = RolloutSource(p, tok, lambda i: TASK.prompt("train", i), get_reward("arithmetic"), seed=3)
     return p, src, src.next_step(8, micro_rows, model)
 
 
@@ -106,7 +106,7 @@ def test_first_pass_has_ratio_one_and_zero_kl(tok):
         _, m = obj(model, b)
         assert m["kl"] == 0.0 and m["clip"] == 0.0  # policy == reference == the rollout policy
         assert b.ref_logp is not None and torch.equal(b.ref_logp, b.old_logp)
-    info = batches[0].info
+    info = src.metrics()  # the source's own rollout metrics
     assert {"reward", "accuracy", "pass@4", "zero_std", "length"} <= set(info)
     assert 0.0 <= info["zero_std"] <= 1.0
 
@@ -115,7 +115,7 @@ def test_mu_reuses_each_rollout_batch(tok):
     model = make_model(tok)
     p = PhaseConfig(name="grpo", objective="grpo", batch_size=4, micro_batch_size=4,
                     options={"grpo": GRPOOptions(group_size=2, max_new_tokens=8, mu=2)})
-    src = RolloutSource(p, tok, lambda i: TASK.prompt("train", i), get_reward("arithmetic"), None, seed=0)
+    src = RolloutSource(p, tok, lambda i: TASK.prompt("train", i), get_reward("arithmetic"), seed=0)
     first, second, third = (src.next_step(4, 4, model) for _ in range(3))
     assert first is second and third is not first and src.cursor == 4  # 2 prompts per rollout batch
 
@@ -124,6 +124,6 @@ def test_bad_reward_value_is_a_clear_error(tok):
     model = make_model(tok)
     p = PhaseConfig(name="grpo", objective="grpo", batch_size=2, micro_batch_size=2,
                     options={"grpo": GRPOOptions(group_size=2, max_new_tokens=4)})
-    src = RolloutSource(p, tok, lambda i: TASK.prompt("train", i), lambda c, a: None, None, seed=0)
+    src = RolloutSource(p, tok, lambda i: TASK.prompt("train", i), lambda c, a: None, seed=0)
     with pytest.raises(RewardError, match="reward function <lambda> returned None"):
         src.next_step(2, 2, model)

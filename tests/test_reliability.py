@@ -335,11 +335,12 @@ def rollout(monkeypatch, tok, completion: list[int], reward, **phase):
     model = GPT(GPTConfig(vocab_size=320, seq_len=64, n_layer=1, n_head=2, n_kv_head=1, n_embd=32))
     monkeypatch.setattr(train.rollout, "generate", lambda model, prompts, **kw: [list(completion) for _ in prompts])
     prompt = lambda i: ([{"role": "user", "content": f"What is {i}+1?"}], str(i + 1))  # noqa: E731
-    batches = RolloutSource(p, tok, prompt, reward, None, 0).next_step(4, 4, model)
+    source = RolloutSource(p, tok, prompt, reward)
+    batches = source.next_step(4, 4, model)
     loss, metrics = GRPOObjective(p)(model, batches[0])
     loss.backward()
     assert all(torch.isfinite(q.grad).all() for q in model.parameters() if q.grad is not None)
-    return float(loss.detach()), metrics
+    return float(loss.detach()), {k: float(v) for k, v in metrics.items()} | source.metrics()
 
 
 @pytest.mark.parametrize("empty", [[], "end"], ids=["no-tokens", "only-the-stop-token"])

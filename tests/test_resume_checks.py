@@ -9,7 +9,7 @@ import time
 import pytest
 
 import train.loop
-from train.loop import lr_factor
+from train.optim import lr_factor
 from train import checkpoint
 from train.cli import main
 from train.config import apply_overrides, load_preset

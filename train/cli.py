@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from train.checkpoint import CheckpointError
 from train.config import PRESETS, ConfigError, all_keys, apply_overrides, load_preset
 from train.readers import DataError
-from train.loop import Interrupted, NumericalError
+from train.loop import NumericalError
+from train.signals import Interrupted
 from train.resume import RESUMABLE
 from train.rundir import RunDirError, Stopped
 from train.tasks import RewardError

@@ -156,6 +156,9 @@ class PackedDocs:
     def _pack(self, start: int, rows: int):
         return pack(self.docs_from(start), rows, self.seq_len, self.tok)
 
+    def metrics(self) -> dict[str, float]:
+        return {}
+
     def eval_batches(self, rows: int, micro_rows: int) -> list[Batch]:
         rows = rows if self.count is None else max(1, min(rows, self.count))
         ids, mask, _ = pack(self.docs_from(0), rows, self.seq_len, self.tok)
@@ -247,6 +250,9 @@ class TokenStream:
     def next_step(self, rows: int, micro_rows: int, model=None) -> list[Batch]:
         ids, self.offset = self._rows(self.train, self.offset, rows)
         return to_batches(ids, torch.ones_like(ids), micro_rows, self.tok, self.dist)
+
+    def metrics(self) -> dict[str, float]:
+        return {}
 
     def eval_batches(self, rows: int, micro_rows: int) -> list[Batch]:
         rows = min(rows, max(1, (len(self.eval) - 1) // self.seq_len))

@@ -16,28 +16,24 @@ import math
 
 import torch
 
-from kernels import linear_cross_entropy
 from model.gpt import GPT
 from model.sampler import generate
 from train.data import IGNORE, Batch
-from train.heads import loss_backend
+from train.heads import next_token_losses
 from train.tasks import checked_reward
 from train.tokenizer import Tokenizer
 
 
 @torch.no_grad()
-def eval_loss(model: GPT, batches: list[Batch], token_bytes: torch.Tensor) -> dict[str, float]:
+def eval_loss(model: GPT, batches: list[Batch], token_bytes: torch.Tensor, backend: str = "auto") -> dict[str, float]:
+    """Loss per supervised token and bits-per-byte over held-out `batches` (`backend`: the kernel switch)."""
     nats = bytes_ = tokens = 0.0
     nats_b = 0.0
     device = model.wte.weight.device
     for b in batches:
         b = b.to(device)
-        hidden = model(b.idx, doc_ids=b.doc_ids)
         targets = b.targets.flatten()
-        losses = linear_cross_entropy(
-            hidden.flatten(0, 1), model.lm_head.weight, targets,
-            ignore_index=IGNORE, reduction="none", backend=loss_backend(model),
-        ).float()
+        losses = next_token_losses(model, b, backend, reduction="none").float()
         valid = targets != IGNORE
         nb = token_bytes.to(device)[targets.clamp(min=0)] * valid
         nats += float(losses[valid].sum())

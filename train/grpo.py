@@ -13,11 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kernels import linear_grpo_loss
 from model.gpt import GPT
-from train.data import IGNORE
 from train.evaluate import task_accuracy
-from train.heads import loss_backend
+from train.heads import policy_loss
 from train.kind import Context, ObjectiveKind, PhaseConfig
 from train.readers import fit_context, read_prompts, split_held_out
 from train.rollout import RolloutBatch, RolloutSource
@@ -85,9 +83,11 @@ def _sources(p: PhaseConfig, ctx: Context):
         if longest + o.max_new_tokens > T:  # checked now, not when the phase begins after the others
             raise ConfigError(f"{p.name}.max_new_tokens={o.max_new_tokens} does not fit: the task's prompts take up "
                               f"to {longest} tokens of model.seq_len={T}; lower it or raise model.seq_len")
-        return RolloutSource(p, tok, lambda i: task.prompt("train", i), reward, None, ctx.seed, ctx.dist), {}
+        return RolloutSource(p, tok, lambda i: task.prompt("train", i), reward, seed=ctx.seed, dist=ctx.dist,
+                             backend=ctx.kernels), {}
     train, held = user_prompts(p, ctx)
-    return RolloutSource(p, tok, train.__getitem__, reward, len(train), ctx.seed, ctx.dist), {
+    return RolloutSource(p, tok, train.__getitem__, reward, count=len(train), seed=ctx.seed, dist=ctx.dist,
+                         backend=ctx.kernels), {
         p.name: lambda model: task_accuracy(model, tok, held, reward, max_new_tokens=o.max_new_tokens,
                                             pass_k=ctx.pass_k, seed=ctx.seed)
     }
@@ -96,26 +96,19 @@ def _sources(p: PhaseConfig, ctx: Context):
 class GRPOObjective:
     """Clipped policy gradient with optional k3 KL, aggregated by the rollout batch's token weights."""
 
-    def __init__(self, p: PhaseConfig):
-        self.o = p.options["grpo"]
+    def __init__(self, p: PhaseConfig, backend: str = "auto"):
+        self.o, self.backend = p.options["grpo"], backend
 
     def __call__(self, model: GPT, b: RolloutBatch):
         o = self.o
-        hidden = model(b.idx, doc_ids=b.doc_ids)
-        sel = b.targets != IGNORE
-        loss, st = linear_grpo_loss(
-            hidden[sel], model.lm_head.weight, b.targets[sel], b.old_logp[sel],
-            None if b.ref_logp is None else b.ref_logp[sel], b.advantages[sel], b.weights[sel],
-            temperature=o.temperature, eps_low=o.eps_low, eps_high=o.eps_high, beta=o.beta,
-            return_entropy=True, backend=loss_backend(model),
-        )
+        loss, st = policy_loss(model, b, temperature=o.temperature, eps_low=o.eps_low, eps_high=o.eps_high,
+                               beta=o.beta, backend=self.backend)
         n = max(b.normaliser, 1.0)  # completion tokens in the whole step: the shares below add up to step means
-        metrics = {
+        metrics = {  # on the device, in fp64 (the loop reads a step's metrics back at once)
             "loss": loss.detach(),
-            "kl": 0.0 if st.kl_sum is None else float(st.kl_sum) / n,
-            "clip": float(st.low_clipped + st.high_clipped) / n,
-            "entropy": float(st.entropy_sum) / n,
-            **b.info,
+            "kl": 0.0 if st.kl_sum is None else st.kl_sum.double() / n,
+            "clip": (st.low_clipped + st.high_clipped).double() / n,
+            "entropy": st.entropy_sum.double() / n,
         }
         return loss, metrics
 
@@ -123,6 +116,6 @@ class GRPOObjective:
 GRPO = ObjectiveKind(
     name="grpo", options=GRPOOptions, read=read_prompts,
     texts=lambda item: [m["content"] for m in item[0]] + [item[1]],
-    sources=_sources, objective=lambda p, ctx: GRPOObjective(p), check=_check, check_layout=_check_layout,
+    sources=_sources, objective=lambda p, ctx: GRPOObjective(p, ctx.kernels), check=_check, check_layout=_check_layout,
     frozen_copies=lambda p: int(p.options["grpo"].beta > 0),
 )

@@ -1,37 +1,53 @@
-"""Hidden states → LM head: the one sequence every loss of the training side runs.
+"""Hidden states → LM head: the one sequence behind every loss and log-prob of the training side.
 
-forward → select the supervised positions → `lm_head.weight` → a fused head kernel (kernels/), which never
-holds full-vocabulary logits for the whole batch. The objectives, the GRPO rollouts and the held-out
-evaluation all call these, so a rollout's scoring and the training pass compute log-probs the same way.
+    forward (B, T, C) → the positions that have a target → `lm_head.weight` → a fused head kernel
+
+The fused kernels (kernels/) never hold full-vocabulary logits for the whole batch. Objectives, GRPO
+rollouts and held-out evaluation all go through these three functions, so a rollout scores log-probs
+exactly as the training pass recomputes them (the GRPO ratio is 1 on the first pass).
+
+`backend` is the run's `model.kernels` switch, handed down from the config by whoever built the caller
+(train/kind.py: `Context.kernels`); the kernels read "sdpa" as "auto" (kernels/_dispatch.py). `model` may be
+the data-parallel wrapper (train/distributed.py), whose call runs DDP's forward and whose `lm_head` is the
+bare module's.
 """
 from __future__ import annotations
 
 import torch
 
-from kernels import linear_cross_entropy, linear_token_logprobs
-from model.gpt import GPT
+from kernels import linear_cross_entropy, linear_grpo_loss, linear_token_logprobs
+from kernels.grpo import GRPOStats
 from train.data import IGNORE, Batch
 
 
-def loss_backend(model: GPT) -> str:
-    """The kernel switch for losses: the model's, with the attention-only "sdpa" meaning "auto"."""
-    return "auto" if model.cfg.kernels == "sdpa" else model.cfg.kernels
-
-
-def token_loss_sum(model: GPT, batch: Batch) -> torch.Tensor:
-    """Σ over supervised positions of −log p(target), through the fused head + cross-entropy."""
+def next_token_losses(model, batch: Batch, backend: str, reduction: str = "sum") -> torch.Tensor:
+    """−log p(target) of every position, 0 where the target is IGNORE: (B·T,) fp32 with reduction="none",
+    else their sum. Every position goes through the head; ignore_index masks the unsupervised ones."""
     hidden = model(batch.idx, doc_ids=batch.doc_ids)  # (B, T, C)
-    return linear_cross_entropy(
-        hidden.flatten(0, 1), model.lm_head.weight, batch.targets.flatten(),
-        ignore_index=IGNORE, reduction="sum", backend=loss_backend(model),
-    )
+    return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, batch.targets.flatten(),
+                                ignore_index=IGNORE, reduction=reduction, backend=backend)
 
 
-def completion_logprobs(model: GPT, batch: Batch, temperature: float) -> torch.Tensor:
-    """log p(completion token) at every supervised position of `batch`, 0 elsewhere: (B, T) fp32."""
+def completion_logprobs(model, batch: Batch, temperature: float, backend: str) -> torch.Tensor:
+    """log softmax(logits / temperature)[target] at every position with a target, 0 elsewhere: (B, T) fp32."""
     hidden = model(batch.idx, doc_ids=batch.doc_ids)
-    sel = batch.targets != IGNORE
+    sel = batch.targets != IGNORE  # (B, T): the completion tokens
     out = torch.zeros(batch.targets.shape, dtype=torch.float32, device=hidden.device)
     out[sel] = linear_token_logprobs(hidden[sel], model.lm_head.weight, batch.targets[sel],
-                                     temperature=temperature, backend=loss_backend(model))
+                                     temperature=temperature, backend=backend)
     return out
+
+
+def policy_loss(model, batch, *, temperature: float, eps_low: float, eps_high: float, beta: float,
+                backend: str) -> tuple[torch.Tensor, GRPOStats]:
+    """The clipped GRPO loss (with k3 KL when beta > 0) over the completion tokens of a rollout micro-batch,
+    weighted by its token weights, and the kernel's statistics (KL, clipped and entropy sums)."""
+    hidden = model(batch.idx, doc_ids=batch.doc_ids)
+    sel = batch.targets != IGNORE
+
+    def at(t: torch.Tensor | None):
+        return None if t is None else t[sel]
+
+    return linear_grpo_loss(hidden[sel], model.lm_head.weight, batch.targets[sel], at(batch.old_logp),
+                            at(batch.ref_logp), at(batch.advantages), at(batch.weights), temperature=temperature,
+                            eps_low=eps_low, eps_high=eps_high, beta=beta, return_entropy=True, backend=backend)

@@ -91,6 +91,7 @@ class Context:
     eval_rows: int  # rows of each held-out loss set
     pass_k: int  # samples per held-out prompt for pass@k
     out_dir: str  # the run folder (token shards are written under it)
+    kernels: str = "auto"  # model.kernels, the kernel switch: every loss head passes it on as `backend`
     dist: Dist = SINGLE  # training sources hand each rank its share of a step; held-out sets are whole
 
     @functools.cached_property
@@ -114,11 +115,16 @@ class Source(Protocol):
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state_dict()`'s result."""
 
+    def metrics(self) -> dict[str, float]:
+        """What the source measured for the step it last gave (e.g. a GRPO rollout's mean reward): global
+        values, the same on every rank, which the loop logs beside the objective's metrics."""
+
 
 class Objective(Protocol):
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
         """(loss, metrics) of one micro-batch: the loss is its share of the step's loss (divided by a count
-        over the whole step), each metric its share of the step's value, so the loop adds them up."""
+        over the whole step), each metric its share of the step's value (a tensor left on the device, or a
+        number), so the loop adds them up over micro-batches and ranks; every rank reports the same names."""
 
 
 Evaluators = dict[str, Callable[[Any], dict]]  # held-out set name -> fn(model) -> {metric: value}

@@ -9,11 +9,16 @@ differ only in the source and objective they carry.
 Gradient accumulation divides exactly once, inside the objective, by a count that covers the whole step
 (see train/objectives.py), so the loop only sums.
 
+Metrics: the objective's metrics are shares of the step's values, summed over micro-batches on the device
+(in fp64); the source reports its own (a GRPO rollout's reward, lengths, ...) and they are logged beside.
+The step reads its metrics, token count and gradient norm back to the host in one transfer; the few other
+host syncs of a step are marked `host sync` here and in train/rollout.py.
+
 Under torchrun (train/distributed.py) every rank runs this same loop on its share of each step's rows. The
 objectives' counts cover the global step, so each rank's loss is its share of the global loss: gradients
 are summed over ranks (once, on the last micro-batch; the others run under `no_sync`) and so are the
-metrics, which are shares too. Clipping then sees the same gradients, hence the same norm, on every rank.
-Rank 0 alone logs, evaluates (the others wait) and writes checkpoints.
+objective's metrics, which are shares too (one all-reduce). Clipping then sees the same gradients, hence the
+same norm, on every rank. Rank 0 alone logs, evaluates (the others wait) and writes checkpoints.
 
 Faults: before each optimiser step the loop checks the step's loss and gradient norm. If either is NaN or
 inf it skips the update (the batch is not retried: step counter, LR schedule and data position move on),
@@ -21,61 +26,29 @@ prints which tensor went bad, and counts the step (`skipped` in the log line, th
 summary.json); after `optim.max_bad_steps` such steps in a row it saves a checkpoint and stops with
 NumericalError.
 
-Interruption: while `run` trains, a SIGINT or SIGTERM only sets a flag. The loop looks at it after each
-whole step (so a GRPO rollout in progress finishes, and its step is taken, first), saves a checkpoint, and
-raises Interrupted, which the CLI turns into one line and exit code 130/143. A second signal stops the
-process at once, as without the handler; a save it cuts short leaves the earlier checkpoints whole, saves
-being atomic (train/checkpoint.py).
+Interruption (train/signals.py): while `run` trains, a SIGINT or SIGTERM only takes note. The loop looks
+after each whole step, saves a checkpoint, and raises Interrupted.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 import time
 
 import torch
 
 from model.gpt import GPT
 from train import checkpoint, distributed, rundir
-from train.config import PhaseConfig, RunConfig
+from train.config import RunConfig
 from train.distributed import SINGLE, Dist
+from train.optim import lr_factor, make_optimizer
 from train.phases import Phase
 from train.report import RunLog
+from train.signals import Interrupted, StopOnSignal
 
 
 class NumericalError(RuntimeError):
     """Too many steps in a row with a NaN/inf loss or gradient (printed as one line by the CLI)."""
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM stopped training after a checkpoint; the message says how to continue."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum  # the CLI exits with 128 + signum, as a shell reports a process killed by it
-
-
-def lr_factor(p: PhaseConfig, i: int) -> float:
-    """Multiplier of the phase's peak LR at its step i: linear warm-up, then decay to min_lr_ratio."""
-    if i < p.warmup_steps:
-        return (i + 1) / p.warmup_steps
-    if p.decay == "constant":
-        return 1.0
-    frac = (i - p.warmup_steps) / max(1, p.steps - p.warmup_steps)
-    shape = 0.5 * (1 + math.cos(math.pi * frac)) if p.decay == "cosine" else 1 - frac
-    return p.min_lr_ratio + (1 - p.min_lr_ratio) * shape
-
-
-def make_optimizer(model: GPT, cfg: RunConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on the embedding table)."""
-    o = cfg.optim
-    matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("wte")]
-    others = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("wte")]
-    groups = [{"params": matrices, "weight_decay": o.weight_decay}, {"params": others, "weight_decay": 0.0}]
-    fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused)
 
 
 class Trainer:
@@ -96,7 +69,7 @@ class Trainer:
         self.stats: dict[str, dict] = {}  # per phase so far: steps, tokens, seconds, last loss, skipped steps
         self.bad_steps = 0  # steps skipped in a row for a non-finite loss or gradient
         self.last_fault = ""  # what went bad in the last skipped step
-        self.signal: int | None = None  # the first SIGINT/SIGTERM received while training
+        self.stop = StopOnSignal()  # notes a SIGINT/SIGTERM received while training
         self.saved_at = -1  # the step of the last checkpoint this process wrote
         self.elapsed_before = 0.0  # seconds of training before this process, up to the checkpoint it resumed
         self.started = time.time()
@@ -113,7 +86,6 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "step": self.step,
             "sources": {p.cfg.name: p.source.state_dict() for p in self.phases},
-            "objectives": {p.cfg.name: _state(p.objective) for p in self.phases},
             "phase_results": self.phase_results,
             "stats": self.stats,
             "rng": checkpoint.rng_state(),
@@ -133,8 +105,6 @@ class Trainer:
         self.step, self.phase_results, self.stats = state["step"], state["phase_results"], state["stats"]
         for p in self.phases:
             p.source.load_state_dict(state["sources"][p.cfg.name])
-            if hasattr(p.objective, "load_state_dict"):
-                p.objective.load_state_dict(state["objectives"][p.cfg.name])
         checkpoint.set_rng_state(state["rng"])
         self.bad_steps = state["bad_steps"]
         self.elapsed_before = state.get("elapsed", 0.0)
@@ -167,8 +137,44 @@ class Trainer:
         self.model.train()
         with self.autocast():  # RL sources sample from the model
             micro_batches = phase.source.next_step(p.batch_size, p.micro_batch_size, self.model)
-        metrics: dict[str, float] = {}
-        tokens, total_loss = 0, 0.0
+        metrics, tokens, norm, grads = self._backward(phase, micro_batches)
+        total_loss, grad_norm = metrics.pop("total_loss"), metrics.pop("grad_norm")
+        metrics |= phase.source.metrics() | {"grad_norm": grad_norm}
+        skipped = self._update(p, _fault(total_loss, grad_norm, grads), norm)  # checked before any update
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # host sync: the step's time includes its queued kernels
+        dt = time.perf_counter() - t0
+        self.step += 1
+        tok_s = tokens / dt  # over all ranks
+        devices = self.dist.world_size
+        mfu = self.flops_per_token * tok_s / (self.peak_flops * devices) if self.peak_flops else None
+        return {"kind": "train", "phase": p.name, "step": self.step, "lr": lr, "ms": 1000 * dt,
+                "tokens": tokens, "tok_s": tok_s, "mfu": mfu, "skipped": int(skipped), **metrics}
+
+    def _update(self, p, fault: str | None, norm: torch.Tensor) -> bool:
+        """Clip and step AdamW, unless something in the step was not finite (`fault`): then no update, but
+        the step still counts, so the LR schedule and the data position move on. Whether it was skipped."""
+        if fault is None:
+            if self.cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.cfg.optim.grad_clip, norm)
+            self.opt.step()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            self.last_fault = f"{fault} at step {self.step + 1}"
+            if self.dist.is_main:
+                print(f"warning: phase {p.name}: {self.last_fault}; update skipped ({self.bad_steps} in a row; "
+                      f"the run stops at {self.cfg.optim.max_bad_steps})", flush=True)
+        self.opt.zero_grad(set_to_none=True)
+        return fault is not None
+
+    def _backward(self, phase: Phase, micro_batches: list) -> tuple[dict[str, float], int, torch.Tensor, list]:
+        """Forward/backward of every micro-batch, gradients summed (over ranks on the last one). Returns the
+        objective's metrics summed over micro-batches and ranks, with "total_loss" (the weighted loss the
+        update used) and "grad_norm"; the step's tokens over all ranks; the gradient norm as a tensor (for
+        the clip); and the (name, gradient) pairs."""
+        sums: dict[str, torch.Tensor | float] = {}
+        tokens = 0
         for n, b in enumerate(micro_batches):
             b = b.to(self.device)
             last = n == len(micro_batches) - 1
@@ -177,39 +183,19 @@ class Trainer:
                     loss, m = phase.objective(self.ddp, b)
                 loss.backward()
             tokens += b.idx.numel()
-            total_loss += float(loss.detach())
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v)
-        # every rank's shares: global values
-        metrics = distributed.sum_metrics({"tokens": tokens, "total_loss": total_loss, **metrics})
-        tokens, total_loss = int(metrics.pop("tokens")), metrics.pop("total_loss")
+            for k, v in {"total_loss": loss.detach(), **m}.items():  # fp64 sums, on the device
+                sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else float(v))
+        names = list(sums)
+        # every rank's shares: global values, in one all-reduce (every rank's objective reports the same names)
+        totals = distributed.all_reduce(torch.stack(
+            [torch.as_tensor(sums[k], dtype=torch.float64, device=self.device) for k in names]
+            + [torch.tensor(float(tokens), dtype=torch.float64, device=self.device)]))
         # the norm and the clip as two calls (not clip_grad_norm_, which would spread a NaN over every
         # gradient and hide the parameter that went bad); the norm is taken even without clipping
         grads = [(name, q.grad) for name, q in self.model.named_parameters() if q.grad is not None]
         norm = torch.nn.utils.get_total_norm([g for _, g in grads])
-        metrics["grad_norm"] = float(norm)
-        fault = _fault(total_loss, metrics["grad_norm"], grads)  # checked before any update
-        if fault is None:
-            if self.cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.cfg.optim.grad_clip, norm)
-            self.opt.step()
-            self.bad_steps = 0
-        else:  # no update; the step still counts, so the LR schedule and the data position move on
-            self.bad_steps += 1
-            self.last_fault = f"{fault} at step {self.step + 1}"
-            if self.dist.is_main:
-                print(f"warning: phase {p.name}: {self.last_fault}; update skipped ({self.bad_steps} in a row; "
-                      f"the run stops at {self.cfg.optim.max_bad_steps})", flush=True)
-        self.opt.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        self.step += 1
-        tok_s = tokens / dt  # over all ranks
-        devices = self.dist.world_size
-        mfu = self.flops_per_token * tok_s / (self.peak_flops * devices) if self.peak_flops else None
-        return {"kind": "train", "phase": p.name, "step": self.step, "lr": lr, "ms": 1000 * dt,
-                "tokens": tokens, "tok_s": tok_s, "mfu": mfu, "skipped": int(fault is not None), **metrics}
+        values = torch.cat([totals, norm.double().reshape(1)]).tolist()  # host sync: the step's one transfer
+        return dict(zip(names, values)) | {"grad_norm": values[-1]}, int(values[-2]), norm, grads
 
     def evaluate(self, names: list[str], phase: str, log: RunLog) -> dict:
         """Every named held-out set, on rank 0 only (the other ranks wait); {} on the other ranks."""
@@ -227,7 +213,7 @@ class Trainer:
 
     def run(self, log: RunLog) -> dict:
         self.started = time.time()
-        with self._signals_stop_training():
+        with self.stop:
             while self.step < self.total:
                 phase = self.phase_at(self.step)
                 self._run_step(phase, log)
@@ -238,10 +224,10 @@ class Trainer:
                         f"(last: {self.last_fault}); saved a checkpoint at step {self.step} and stopped; check the "
                         f"data, or continue with a lower --optim.lr or a higher --optim.max_bad_steps: "
                         f"{rundir.resume_command(self.out_dir)} --optim.lr=...")
-                if self._should_stop():
+                if self.stop.asked():
                     self._save_once()
                     raise Interrupted(f"interrupted at step {self.step} (phase {phase.cfg.name}); continue with: "
-                                      f"{rundir.resume_command(self.out_dir)}", self.signal)
+                                      f"{rundir.resume_command(self.out_dir)}", self.stop.signum)
         return {"out": self.out_dir, "seconds": self.elapsed(), "phases": self.phase_results}
 
     def _run_step(self, phase: Phase, log: RunLog) -> None:
@@ -272,40 +258,6 @@ class Trainer:
         if self.saved_at != self.step:
             self.save()
 
-    # ------------------------------------------------------------------------------------------ signals
-    def _should_stop(self) -> bool:
-        """Whether a stop was asked for (checked after every step) on any rank: a signal may reach only some
-        ranks, and all of them must stop after the same step to save one checkpoint together."""
-        anywhere = distributed.all_reduce(self.signal or 0, "max")  # a collective: every rank must call it
-        self.signal = self.signal or anywhere or None
-        return self.signal is not None
-
-    @contextlib.contextmanager
-    def _signals_stop_training(self):
-        """While training, the first SIGINT or SIGTERM is only noted, and the previous handlers come back at
-        once: a second signal acts as it always does (Ctrl-C twice, or a kill, stops a run stuck in a step;
-        the checkpoints on disk stay whole, saves being atomic). The previous handlers come back after
-        training in any case. (Python lets only the main thread install handlers; elsewhere none are.)"""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def restore():
-            for sig, handler in previous.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-        def note(signum, frame):
-            self.signal = self.signal or signum
-            restore()
-
-        for sig in previous:
-            signal.signal(sig, note)
-        try:
-            yield
-        finally:
-            restore()
-
 
 def _fault(loss: float, norm: float, grads: list[tuple[str, torch.Tensor]]) -> str | None:
     """What went bad in a step: the loss, else the first parameter whose gradient is not finite (else the
@@ -316,10 +268,6 @@ def _fault(loss: float, norm: float, grads: list[tuple[str, torch.Tensor]]) -> s
         return None
     name = next((n for n, g in grads if not torch.isfinite(g).all()), None)
     return f"the gradient of {name} is not finite" if name else f"the gradient norm is {norm}"
-
-
-def _state(objective) -> dict:
-    return objective.state_dict() if hasattr(objective, "state_dict") else {}
 
 
 def _phase_result(phase: Phase, s: dict, evals: dict) -> dict:

@@ -23,6 +23,11 @@ class MixedSource:
                 out.append(b)
         return out
 
+    def metrics(self) -> dict[str, float]:
+        """Every component's source metrics; an aux component's prefixed with its kind, as its loss is."""
+        return {("" if i == 0 else f"{name}_") + k: v
+                for i, (name, source) in enumerate(zip(self.names, self.sources)) for k, v in source.metrics().items()}
+
     def state_dict(self) -> dict:
         return {"sources": [s.state_dict() for s in self.sources]}
 

@@ -35,7 +35,7 @@ class Phase:
 
 def context(cfg: RunConfig, tok: Tokenizer, task: ArithmeticTask, out_dir: str, dist: Dist = SINGLE) -> Context:
     return Context(tok, task, cfg.model.seq_len, cfg.model.vocab_size, cfg.seed, cfg.eval_rows, cfg.task.pass_k,
-                   out_dir, dist)
+                   out_dir, cfg.model.kernels, dist)
 
 
 def build_phases(cfg: RunConfig, ctx: Context) -> list[Phase]:

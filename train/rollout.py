@@ -1,4 +1,4 @@
-"""GRPO: on-policy rollouts as a data source, and the clipped policy-gradient objective.
+"""GRPO rollouts: the data source of a `grpo` phase, which samples, scores and packs completions.
 
 Per rollout batch (every `mu` steps):
     1. take P = batch_size / group_size prompts and sample G = group_size completions of each with the
@@ -13,7 +13,10 @@ Per rollout batch (every `mu` steps):
     6. old log-probs (and reference log-probs when beta > 0, from a frozen copy of the model taken when the
        phase starts) scored once, micro-batch by micro-batch, with the same function and the same
        micro-batch shapes as the training pass, so on the first pass the ratio is exactly 1
-Then `mu` optimiser steps reuse that batch; each is Σ_t w_t·(−min(ratio·A, clip(ratio)·A) + beta·k3).
+    7. the rollout metrics (reward, accuracy, pass@G, zero_std, length, truncated, empty, ...), which the
+       source reports itself (`metrics()`) and the loop logs beside the objective's
+Then `mu` optimiser steps reuse that batch (the objective: train/grpo.py). The whole batch is packed on the
+CPU and moved to the model's device once; its micro-batches are views of it.
 
 Data parallel (train/distributed.py): a step's P prompts are the global indices [cursor, cursor + P) and
 rank r samples the groups of its contiguous share of them, so a group never spans ranks and advantages stay
@@ -27,19 +30,20 @@ from __future__ import annotations
 import copy
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from kernels import group_advantages, grpo_token_weights
+from kernels.grpo import GroupAdvantages
 from model.gpt import GPT
 from model.sampler import generate
 from train import distributed
 from train.data import IGNORE, Batch
+from train.distributed import SINGLE, Dist
 from train.heads import completion_logprobs
 from train.kind import PhaseConfig
 from train.readers import DataError
-from train.distributed import SINGLE, Dist
 from train.tasks import checked_reward
 from train.tokenizer import Tokenizer
 
@@ -52,21 +56,33 @@ class RolloutBatch(Batch):
     ref_logp: torch.Tensor | None = None  # (B, T) fp32 reference log-probs, None when beta == 0
     advantages: torch.Tensor | None = None  # (B, T) fp32 the completion's advantage on each of its tokens
     weights: torch.Tensor | None = None  # (B, T) fp32 aggregation weights (sum over the step = the loss)
-    info: dict = field(default_factory=dict)  # rollout metrics (global), on rank 0's first micro-batch only
+
+
+@dataclass
+class Sampled:
+    """This rank's completions of a rollout batch, group-major (the G completions of a prompt in a row)."""
+
+    answers: list[str]  # the reference answer of each completion's prompt
+    prompts: list[list[int]]  # rendered prompt tokens of each completion
+    completions: list[list[int]]  # sampled tokens, up to and including <|end|> when it came
+    raw: list[float] | None = None  # rewards as the reward function returned them
+    rewards: torch.Tensor | None = None  # (n,) fp32, clamped into [reward_min, reward_max]
 
 
 class RolloutSource:
     """Generates, scores and packs GRPO rollouts; reuses each rollout batch for `mu` optimiser steps."""
 
-    def __init__(self, p: PhaseConfig, tok: Tokenizer, prompt, reward_fn, count: int | None, seed: int,
-                 dist: Dist = SINGLE):
+    def __init__(self, p: PhaseConfig, tok: Tokenizer, prompt, reward_fn, *, count: int | None = None, seed: int = 0,
+                 dist: Dist = SINGLE, backend: str = "auto"):
         self.p, self.tok, self.prompt, self.reward_fn, self.count = p, tok, prompt, reward_fn, count
+        self.backend = backend  # the kernel switch, for scoring log-probs as the objective does (train/heads.py)
         self.o = p.options["grpo"]  # the phase's GRPO knobs (train/grpo.py: GRPOOptions)
         self.seed, self.dist = seed, dist
         self.cursor = 0  # next global prompt index (the same on every rank)
         self.ref: GPT | None = None  # frozen snapshot of the policy at the start of the phase (beta > 0)
         self.buffer: list[RolloutBatch] | None = None  # this rank's micro-batches of the current rollout batch
         self.passes_left = 0
+        self._metrics: dict[str, float] = {}  # of the current rollout batch (global values)
         self._pending_ref: dict | None = None
 
     # ----------------------------------------------------------------------------------- one step
@@ -77,78 +93,111 @@ class RolloutSource:
         self.passes_left -= 1
         return self.buffer
 
+    def metrics(self) -> dict[str, float]:
+        """The rollout metrics of the batch the last step trained on: global values, the same on every rank."""
+        return dict(self._metrics)
+
     def _materialise(self, model: GPT) -> None:
-        """Create (or restore from a checkpoint) the reference snapshot."""
+        """Create (or restore from a checkpoint) the reference snapshot; a restored rollout batch goes to the
+        model's device, once."""
         if self.o.beta > 0 and self.ref is None:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         if self._pending_ref is not None:
             ref, self._pending_ref = self._pending_ref, None
             if self.ref is not None:
                 self.ref.load_state_dict(ref)
+        device = model.wte.weight.device
+        if self.buffer and self.buffer[0].idx.device != device:
+            self.buffer = [b.to(device) for b in self.buffer]
 
     @torch.no_grad()
     def rollout(self, model: GPT, rows: int, micro_rows: int) -> list[RolloutBatch]:
-        """This rank's share of a rollout batch of `rows` completions (all ranks), in micro-batches."""
-        p, o, tok, G, dist = self.p, self.o, self.tok, self.o.group_size, self.dist
+        """This rank's share of a rollout batch of `rows` completions (all ranks), in micro-batches, by the
+        steps of the module docstring."""
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
-        share = rows // G // dist.world_size  # prompts of this rank
-        mine = range(self.cursor + dist.rank * share, self.cursor + (dist.rank + 1) * share)  # global indices
+        s = self._sample(model, self._take(rows))  # 1
+        t_gen = time.perf_counter() - t0
+        self._score(s)  # 2
+        adv = group_advantages(s.rewards, self.o.group_size, scale_std=self.o.scale_std,  # 3
+                               std_floor=self.o.std_floor, backend="reference")
+        batches = _batches(self._pack(s, adv, rows, model.wte.weight.device), micro_rows)  # 4, 5
+        for b in batches:  # 6
+            b.old_logp = completion_logprobs(model, b, self.o.temperature, self.backend)
+            if self.ref is not None:
+                b.ref_logp = completion_logprobs(self.ref, b, self.o.temperature, self.backend)
+        model.train(was_training)
+        self._metrics = self._rollout_metrics(s, adv, rows, t0, t_gen)  # 7
+        return batches
+
+    def _take(self, rows: int) -> range:
+        """The global indices of this rank's prompts of the next rollout batch (its contiguous share)."""
+        share = rows // self.o.group_size // self.dist.world_size
+        first = self.cursor + self.dist.rank * share
+        self.cursor += rows // self.o.group_size
+        return range(first, first + share)
+
+    def _sample(self, model: GPT, mine: range) -> Sampled:
+        """G completions of each prompt, each from its own seed."""
+        p, o, tok, G = self.p, self.o, self.tok, self.o.group_size
         items = [self.prompt(self._index(i)) for i in mine]
-        self.cursor += rows // G
-        prompts = [tok.render_prompt(msgs) for msgs, _ in items for _ in range(G)]  # group-major
+        prompts = [tok.render_prompt(msgs) for msgs, _ in items for _ in range(G)]
         longest = max(map(len, prompts))
         if longest + o.max_new_tokens > model.cfg.seq_len:
             raise DataError(f"{p.name}: a prompt of {longest} tokens leaves no room for {p.name}.max_new_tokens="
                             f"{o.max_new_tokens} in model.seq_len={model.cfg.seq_len}; lower one or raise the other")
+        # host sync: the sampler reads every new token back to choose when each row stops
         completions = generate(model, prompts, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
                                top_k=o.top_k or None, stop_id=tok.end, pad_id=tok.pad,
                                seeds=[self._seed(i, j) for i in mine for j in range(G)])
-        t_gen = time.perf_counter() - t0
-        texts = [tok.completion_text(c) for c in completions]
-        raw = [self.score(text, items[i // G][1]) for i, text in enumerate(texts)]
-        rewards = torch.tensor([min(max(r, o.reward_min), o.reward_max) for r in raw])  # clamped into range
-        adv = group_advantages(rewards, G, scale_std=o.scale_std, std_floor=o.std_floor, backend="reference")
+        return Sampled([answer for _, answer in items for _ in range(G)], prompts, completions)
 
-        # rows: prompt + completion, right-padded to the longest row of any rank (the shapes one process
-        # would use); the target at position t is token t+1
-        L = distributed.all_reduce(max(len(a) + len(b) for a, b in zip(prompts, completions)), "max")
-        ids = torch.full((len(prompts), L), tok.pad, dtype=torch.long)
-        targets = torch.full((len(prompts), L - 1), IGNORE, dtype=torch.long)
-        for i, (a, b) in enumerate(zip(prompts, completions)):
+    def _score(self, s: Sampled) -> None:
+        """Each completion's reward: one finite number from the reward function, clamped into range."""
+        s.raw = [self.score(self.tok.completion_text(c), answer) for c, answer in zip(s.completions, s.answers)]
+        s.rewards = torch.tensor([min(max(r, self.o.reward_min), self.o.reward_max) for r in s.raw])
+
+    def score(self, completion: str, answer: str) -> float:
+        return checked_reward(self.reward_fn, completion, answer)  # RewardError unless one finite number
+
+    def _pack(self, s: Sampled, adv: GroupAdvantages, rows: int, device: torch.device) -> dict:
+        """The rollout batch as one dict of (n, L−1) tensors on `device`: rows of prompt + completion,
+        right-padded to the longest row of any rank (the shapes one process would use), the target at t being
+        token t+1 and only completion tokens supervised; each token's advantage and aggregation weight."""
+        o, tok = self.o, self.tok
+        # host sync (with NCCL): the longest row and the completion tokens are all-reduced over the ranks
+        L = distributed.all_reduce(max(len(a) + len(b) for a, b in zip(s.prompts, s.completions)), "max")
+        ids = torch.full((len(s.prompts), L), tok.pad, dtype=torch.long)
+        targets = torch.full((len(s.prompts), L - 1), IGNORE, dtype=torch.long)
+        for i, (a, b) in enumerate(zip(s.prompts, s.completions)):
             ids[i, : len(a) + len(b)] = torch.tensor(a + b)
             targets[i, len(a) - 1 : len(a) + len(b) - 1] = torch.tensor(b)
         idx, mask = ids[:, :-1], targets != IGNORE
         n_tokens = distributed.all_reduce(int(mask.sum()))  # completion tokens of the whole step, every rank
         weights = grpo_token_weights(mask, o.loss_type, num_sequences=rows, num_tokens=n_tokens,
                                      max_len=max(o.max_new_tokens, L - 1))
-        token_adv = adv.advantages[:, None].expand_as(targets) * mask
-
-        device = model.wte.weight.device
         flat = {"idx": idx, "targets": targets, "doc_ids": torch.zeros_like(idx, dtype=torch.int32),
-                "advantages": token_adv, "weights": weights, "normaliser": float(n_tokens), "info": {}}
-        batches = [b.to(device) for b in _batches(flat, micro_rows)]
-        for b in batches:
-            b.old_logp = completion_logprobs(model, b, o.temperature)
-            if self.ref is not None:
-                b.ref_logp = completion_logprobs(self.ref, b, o.temperature)
-        model.train(was_training)
+                "advantages": adv.advantages[:, None].expand_as(targets) * mask, "weights": weights}
+        return {k: v.to(device) for k, v in flat.items()} | {"normaliser": float(n_tokens)}
 
-        correct = (rewards >= 1.0).double()
-        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float64)
+    def _rollout_metrics(self, s: Sampled, adv: GroupAdvantages, rows: int, t0: float, t_gen: float) -> dict:
+        """Sums over every rank's completions (and groups), divided by the global counts."""
+        o, G, end = self.o, self.o.group_size, self.tok.end
+        correct = (s.rewards >= 1.0).double()
+        lengths = torch.tensor([len(c) for c in s.completions], dtype=torch.float64)
         # completions that hit max_new_tokens without <|end|>; empty ones, nothing before the stop (they are
-        # scored as usual and train on their stop token only); with a reward the clamp above changed
-        truncated = sum(len(c) == o.max_new_tokens and c[-1] != tok.end for c in completions)
-        empty = sum(c[:1] in ([], [tok.end]) for c in completions)
-        out_of_range = sum(not o.reward_min <= r <= o.reward_max for r in raw)
-        # sums over every rank's completions (and groups), divided by the global counts
+        # scored as usual and train on their stop token only); with a reward the clamp changed
+        truncated = sum(len(c) == o.max_new_tokens and c[-1] != end for c in s.completions)
+        empty = sum(c[:1] in ([], [end]) for c in s.completions)
+        out_of_range = sum(not o.reward_min <= r <= o.reward_max for r in s.raw)
+        # host sync (with NCCL): one all-reduce of the sums, read back once
         sums = distributed.all_reduce(torch.stack([
-            rewards.double().sum(), correct.sum(), correct.view(-1, G).amax(dim=1).sum(),
+            s.rewards.double().sum(), correct.sum(), correct.view(-1, G).amax(dim=1).sum(),
             adv.zero_var.double().sum(), lengths.sum(),
             *torch.tensor([truncated, empty, out_of_range], dtype=torch.float64)])).tolist()
         groups = rows // G
-        info = {
+        return {
             "reward": sums[0] / rows,
             "accuracy": sums[1] / rows,
             f"pass@{G}": sums[2] / groups,
@@ -160,12 +209,6 @@ class RolloutSource:
             "rollout_s": distributed.all_reduce(time.perf_counter() - t0, "max"),  # the slowest rank's
             "rollout_tok_s": sums[4] / distributed.all_reduce(t_gen, "max"),
         }
-        if dist.is_main:  # once per step: the loop sums metrics over micro-batches and ranks
-            batches[0].info = info
-        return batches
-
-    def score(self, completion: str, answer: str) -> float:
-        return checked_reward(self.reward_fn, completion, answer)  # RewardError unless one finite number
 
     def _index(self, i: int) -> int:
         return i % self.count if self.count else i
@@ -177,8 +220,8 @@ class RolloutSource:
     # ----------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict:
         """Position, reference snapshot and, between the `mu` passes over a rollout batch, that batch as one
-        dict of tensors over the global rows in rank order, so any world size can resume it. Collective
-        under torchrun: every rank calls it (the trainer does) and rank 0's is the one saved."""
+        dict of tensors over the global rows in rank order (so any world size can resume it) and its metrics.
+        Collective under torchrun: every rank calls it (the trainer does) and rank 0's is the one saved."""
         buffer = None
         if self.passes_left:
             shards = distributed.gather(_rows(self.buffer))
@@ -187,18 +230,18 @@ class RolloutSource:
             "cursor": self.cursor,
             "passes_left": self.passes_left,
             "buffer": buffer,
+            "metrics": self._metrics if self.passes_left else {},
             "ref": self.ref.state_dict() if self.ref is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.cursor, self.passes_left = state["cursor"], state["passes_left"]
-        self.buffer = None
+        self.buffer, self._metrics = None, dict(state["metrics"])
         if state["buffer"] is not None:  # this rank's slice of the global rows, in its micro-batches
             buf, (rank, world) = state["buffer"], (self.dist.rank, self.dist.world_size)
             share = buf["idx"].size(0) // world
             mine = {k: buf[k][rank * share : (rank + 1) * share] for k in ROW_FIELDS if k in buf}
-            info = buf["info"] if self.dist.is_main else {}
-            self.buffer = _batches(mine | {"normaliser": buf["normaliser"], "info": info}, self.p.micro_batch_size)
+            self.buffer = _batches(mine | {"normaliser": buf["normaliser"]}, self.p.micro_batch_size)
         # if the phase had started, its reference snapshot is restored on the next step, once the model it
         # belongs with is at hand
         self._pending_ref = state["ref"]
@@ -208,22 +251,19 @@ ROW_FIELDS = ("idx", "targets", "doc_ids", "old_logp", "ref_logp", "advantages",
 
 
 def _rows(batches: list[RolloutBatch]) -> dict:
-    """Micro-batches -> one dict of CPU tensors over all their rows, with the step's normaliser and rollout
-    metrics: a rollout batch as a checkpoint holds it."""
+    """Micro-batches -> one dict of CPU tensors over all their rows, with the step's normaliser: a rollout
+    batch as a checkpoint holds it."""
     return _cat([{k: getattr(b, k).cpu() for k in ROW_FIELDS if getattr(b, k) is not None}
-                 | {"normaliser": b.normaliser, "info": b.info} for b in batches])
+                 | {"normaliser": b.normaliser} for b in batches])
 
 
 def _cat(parts: list[dict]) -> dict:
     """Row dicts (e.g. one per rank, in rank order) -> one over all their rows."""
     out = {k: torch.cat([part[k] for part in parts]) for k in ROW_FIELDS if k in parts[0]}
-    info = {k: v for part in parts for k, v in part["info"].items()}
-    return out | {"normaliser": parts[0]["normaliser"], "info": info}
+    return out | {"normaliser": parts[0]["normaliser"]}
 
 
 def _batches(rows: dict, micro_rows: int) -> list[RolloutBatch]:
-    """A row dict -> micro-batches of `micro_rows` rows, the rollout metrics on the first."""
-    out = [RolloutBatch(**{k: rows[k][s : s + micro_rows] for k in ROW_FIELDS if k in rows},
-                        normaliser=rows["normaliser"]) for s in range(0, rows["idx"].size(0), micro_rows)]
-    out[0].info = dict(rows["info"])
-    return out
+    """A row dict -> micro-batches of `micro_rows` rows (views of its tensors)."""
+    return [RolloutBatch(**{k: rows[k][s : s + micro_rows] for k in ROW_FIELDS if k in rows},
+                         normaliser=rows["normaliser"]) for s in range(0, rows["idx"].size(0), micro_rows)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from model.gpt import GPT
 from train.data import Batch, TokenStream, conversations, embedded_pretraining
 from train.evaluate import eval_loss
-from train.heads import token_loss_sum
+from train.heads import next_token_losses
 from train.kind import Context, ObjectiveKind, PhaseConfig
 from train.readers import fit_context, read_conversations, read_documents, split_held_out
 
@@ -24,15 +24,18 @@ class NextTokenLoss:
     the rest), so an SFT loss is normalised by the supervised tokens of the whole accumulated step.
     """
 
+    def __init__(self, backend: str = "auto"):
+        self.backend = backend  # the kernel switch (train/heads.py)
+
     def __call__(self, model: GPT, batch: Batch):
-        loss = token_loss_sum(model, batch) / batch.normaliser
+        loss = next_token_losses(model, batch, self.backend) / batch.normaliser
         return loss, {"loss": loss.detach()}
 
 
 def _loss_eval(p: PhaseConfig, ctx: Context, source) -> dict:
     """{phase name: held-out loss and bits-per-byte} over `source`'s evaluation rows."""
     held_out = source.eval_batches(ctx.eval_rows, p.micro_batch_size)
-    return {p.name: lambda model: eval_loss(model, held_out, ctx.token_bytes)}
+    return {p.name: lambda model: eval_loss(model, held_out, ctx.token_bytes, ctx.kernels)}
 
 
 # ------------------------------------------------------------------------------------------- pretrain
@@ -52,7 +55,7 @@ def _pretrain_sources(p: PhaseConfig, ctx: Context):
 
 PRETRAIN = ObjectiveKind(
     name="pretrain", options=PretrainOptions, read=read_documents, texts=lambda doc: [doc],
-    sources=_pretrain_sources, objective=lambda p, ctx: NextTokenLoss(),
+    sources=_pretrain_sources, objective=lambda p, ctx: NextTokenLoss(ctx.kernels),
 )
 
 
@@ -79,5 +82,5 @@ def _sft_sources(p: PhaseConfig, ctx: Context):
 
 SFT = ObjectiveKind(
     name="sft", options=None, read=read_conversations, texts=lambda conv: [m["content"] for m in conv],
-    sources=_sft_sources, objective=lambda p, ctx: NextTokenLoss(),
+    sources=_sft_sources, objective=lambda p, ctx: NextTokenLoss(ctx.kernels),
 )
