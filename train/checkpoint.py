@@ -1,7 +1,7 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically, rotated, loaded safely.
 
-A checkpoint holds the model, the optimiser, the step (which fixes the phase), every data source's position,
-every objective's state (e.g. a GRPO reference snapshot and rollout buffer), the RNG states, the tokenizer,
+A checkpoint holds the model, the optimiser, the step (which fixes the phase), every data source's state
+(its position; a GRPO source's reference snapshot, rollout buffer and its metrics), the RNG states, the tokenizer,
 and the run's identity (model config and tokenizer fingerprint) so it is never loaded into a different model.
 
 Files in the run folder:
