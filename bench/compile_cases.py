@@ -14,7 +14,6 @@ of one (B, T, 2, Hkv, D) projection, dO arrives in the layout of q, and decode r
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -184,7 +183,7 @@ def model_pretrain_step():
     batch = Batch(idx=idx, targets=torch.randint(0, V, (B, T)), doc_ids=(torch.arange(T) // 50).int().expand(B, T),
                   normaliser=float(B * T))
     with torch.autocast("cpu", dtype=BF16):
-        loss, _ = NextTokenLoss()(model, batch)
+        loss, _ = NextTokenLoss(cfg.model.kernels)(model, batch)
     loss.backward()
 
 
@@ -197,9 +196,9 @@ def model_grpo_step():
     from train.rollout import RolloutBatch
 
     model, cfg = _model()
-    phase = next(p for p in cfg.phases if p.objective == "grpo")
-    phase.options["grpo"] = dataclasses.replace(phase.options["grpo"], beta=0.04)
-    opts = phase.options["grpo"]
+    phase = cfg.phase("grpo")
+    o = phase.options["grpo"]
+    o.beta = 0.04
     B, T, V, prompt = 16, 96, cfg.model.vocab_size, 40
     idx = torch.randint(0, V, (B, T))
     targets = torch.randint(0, V, (B, T))
@@ -209,12 +208,12 @@ def model_grpo_step():
     batch = RolloutBatch(idx=idx, targets=targets, doc_ids=doc_ids, normaliser=float((targets != IGNORE).sum()))
     with torch.autocast("cpu", dtype=BF16):
         with torch.no_grad():
-            old = completion_logprobs(model, batch, opts.temperature)
-        adv = group_advantages(torch.rand(B), opts.group_size, backend="triton").advantages
+            old = completion_logprobs(model, batch, o.temperature, cfg.model.kernels)
+        adv = group_advantages(torch.rand(B), o.group_size, backend="triton").advantages
         batch.old_logp, batch.ref_logp = old, old.clone()
         batch.advantages = adv[:, None].expand(B, T).contiguous()
         batch.weights = torch.full((B, T), 1.0 / batch.normaliser)
-        loss, _ = GRPOObjective(phase)(model, batch)
+        loss, _ = GRPOObjective(phase, cfg.model.kernels)(model, batch)
     loss.backward()
 
 
