@@ -9,9 +9,8 @@ when G = 1; and
 
 A group whose rewards are all equal (zero_var, always true for G = 1) gets exactly A = 0: no NaN and no
 rounding residue of r − μ blown up by a tiny σ. Otherwise |A| < sqrt(G − 1), so nothing is huge either.
-Triton: one program per group. This kernel is for teaching and testing the formula on a GPU: training
-computes advantages with the reference (train/rollout.py), since rewards are a few hundred numbers that
-arrive on the CPU, where a kernel launch and two copies would cost more than the arithmetic.
+Triton: one program per group, a teaching kernel: training uses the reference (train/rollout.py), since its
+rewards are a few hundred numbers on the CPU, where a launch and two copies cost more than the arithmetic.
 
 Token weights. Every aggregation is written as loss = Σ_t w_t · loss_t, so the loss of a batch is the sum
 of the losses of its micro-batches when each uses the whole-batch totals. With m (B, L) the completion mask

@@ -34,8 +34,9 @@ class Phase:
 
 
 def context(cfg: RunConfig, tok: Tokenizer, task: ArithmeticTask, out_dir: str, dist: Dist = SINGLE) -> Context:
-    return Context(tok, task, cfg.model.seq_len, cfg.model.vocab_size, cfg.seed, cfg.eval_rows, cfg.task.pass_k,
-                   out_dir, cfg.model.kernels, dist)
+    return Context(tok=tok, task=task, seq_len=cfg.model.seq_len, vocab_size=cfg.model.vocab_size, seed=cfg.seed,
+                   eval_rows=cfg.eval_rows, pass_k=cfg.task.pass_k, out_dir=out_dir, kernels=cfg.model.kernels,
+                   dist=dist)
 
 
 def build_phases(cfg: RunConfig, ctx: Context) -> list[Phase]:
