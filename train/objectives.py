@@ -10,8 +10,9 @@ A kind (train/kind.py: `ObjectiveKind`) brings its options, its reader of user f
 held-out sets, its objective and its checks; everything else asks this table, so no other code names a
 kind. An unknown kind is a ConfigError when the config is read, before anything runs.
 
-Adding one (README, "Adding an objective"): write train/<kind>.py ending in `KIND = ObjectiveKind(...)`
-and add it to the tuple below, or call `register(KIND)` from a module given with --import.
+Adding one (README, "Adding an objective"): write train/<kind>.py ending in its entry, say
+`DPO = ObjectiveKind(name="dpo", ...)`, and add `dpo.DPO` to the tuple below, or call `register(DPO)` from a
+module given with --import.
 """
 from __future__ import annotations
 
