@@ -2,6 +2,8 @@
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import train.loop
+
 
 def assert_close(actual, expected, atol, rtol, name):
     """|actual − expected| <= atol + rtol·|expected| everywhere (NaN fails), compared in fp32 on the CPU; the
@@ -34,3 +36,15 @@ class LargestAllocation(TorchDispatchMode):
                 self.largest = t.numel() * t.element_size()
                 self.where = f"{func} -> {t.dtype} {tuple(t.shape)}"
         return out
+
+
+def interrupt_at(monkeypatch, step: int) -> None:
+    """Ctrl-C (a KeyboardInterrupt, as a second Ctrl-C gives) before step `step` + 1 of the next run."""
+    original = train.loop.Trainer.train_step
+
+    def train_step(self, phase):
+        if self.step == step:
+            raise KeyboardInterrupt
+        return original(self, phase)
+
+    monkeypatch.setattr(train.loop.Trainer, "train_step", train_step)

@@ -16,19 +16,10 @@ from train.config import apply_overrides, load_preset
 from train.resume import RESUMABLE
 from train.run import run
 
+from tests.helpers import interrupt_at
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "2", "log_every": "1", "threads": "1"}
-
-
-def interrupt_at(monkeypatch, step: int) -> None:
-    original = train.loop.Trainer.train_step
-
-    def train_step(self, phase):
-        if self.step == step:
-            raise KeyboardInterrupt
-        return original(self, phase)
-
-    monkeypatch.setattr(train.loop.Trainer, "train_step", train_step)
 
 
 def error_of(capsys, argv) -> str:

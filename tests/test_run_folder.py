@@ -12,12 +12,13 @@ import time
 
 import pytest
 
-import train.loop
 from train import checkpoint, rundir
 from train.cli import main
 from train.config import apply_overrides, load_preset
 from train.rundir import RunDirError
 from train.run import run
+
+from tests.helpers import interrupt_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "2", "log_every": "1", "threads": "1"}
@@ -44,18 +45,6 @@ def wait_for(predicate, proc, what: str, timeout: float = 120) -> None:
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
-
-
-def interrupt_at(monkeypatch, step: int) -> None:
-    """Ctrl-C (a KeyboardInterrupt, as a second Ctrl-C gives) before step `step` + 1 of the next run."""
-    original = train.loop.Trainer.train_step
-
-    def train_step(self, phase):
-        if self.step == step:
-            raise KeyboardInterrupt
-        return original(self, phase)
-
-    monkeypatch.setattr(train.loop.Trainer, "train_step", train_step)
 
 
 # ------------------------------------------------------------------------------------------------ the lock
