@@ -106,6 +106,8 @@ def _operands(question: str) -> tuple[int, str, int]:
     ("--eval.sets=sft:ops=*", "error: --eval.sets: the set name 'sft' is taken by a phase; choose another"),
     ("--eval.sets=a:ops=*/a:ops=+", "error: --eval.sets='a:ops=*/a:ops=+': the set name 'a' is given twice"),
     ("--eval.sets=c:carries=3-", "error: --eval.sets: set c ('carries=3-'): no problem has 3 or more carries"),
+    ("--grpo.task=digits=12 --grpo.max_new_tokens=100", "error: grpo.max_new_tokens=100 does not fit: the task's "
+                                                        "prompts take up to "),  # fits the run's 2 digits
     ("--eval.sets=long:digits=12 --task.max_new_tokens=110", "error: task.max_new_tokens=110 does not fit: "
                                                              "--eval.sets: set long ('digits=12'): its prompts take "
                                                              "up to "),

@@ -75,7 +75,8 @@ class EvalConfig:
     sets: str = field(default="", metadata={"help": (
         f"held-out task sets evaluated after every phase besides task/: NAME:VARIANT joined by '{SET_SEPARATOR}', "
         f"e.g. 'long:digits=4{SET_SEPARATOR}carry:carries=3-{SET_SEPARATOR}mul:ops=*' (variant keys: ops, "
-        f"digits N|MIN-MAX, direct, carries N|MIN-MAX|MIN-; the sizes of task.*)")})
+        f"digits N|MIN-MAX, direct, carries N|MIN-MAX|MIN-, as for --<phase>.task; problems, pass@k and "
+        f"generation budget from task.*)")})
 
     def __post_init__(self):
         parse_sets(self.sets)  # the syntax; RunConfig checks the names and that problems exist

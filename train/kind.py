@@ -32,7 +32,10 @@ class PhaseConfig:
     name: str = "pretrain"  # unique; overrides address the phase by it (--<name>.<field>=...)
     objective: str = field(default="pretrain", metadata={"help": "what the phase optimises", "kinds": True})
     data: str = "embedded"  # "embedded" (generated tasks) or a file: .txt/.jsonl text (pretrain), .jsonl (sft, grpo)
-    task: str = ""  # this phase's variant of the embedded task, e.g. ops=*,digits=1-2,carries=0- (empty: the task section)
+    task: str = field(default="", metadata={"help": (
+        "this phase's variant of the embedded task (empty: the task section): key=value,... of ops (a subset of "
+        "+-*), digits (N or MIN-MAX, exactly), direct (a share), carries (N, MIN-MAX or MIN-), e.g. "
+        "ops=*,digits=1-2,direct=0,carries=0-1")})
     examples: int = 0  # distinct documents, conversations or prompts the phase sees, repeated as epochs (0: no limit)
     steps: int = 100  # optimiser steps in this phase
     batch_size: int = 16  # rows per optimiser step (GRPO: completions)
