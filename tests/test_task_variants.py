@@ -8,7 +8,7 @@ import pytest
 
 import train.tasks
 from train.config import ConfigError, apply_overrides, load_preset
-from train.tasks import ArithmeticTask, Problem, carries
+from train.tasks import ArithmeticTask, carries
 from train.variants import parse_sets, parse_variant, variant_task
 
 RUN_TASK = ArithmeticTask(digits=3, ops="+-", seed=0, direct=0.5)  # the default preset's task section
