@@ -22,10 +22,11 @@ from train.kind import PhaseConfig
 from train.settings import (ConfigError, build, check, check_value, choice, fields_of, help_text, nonnegative,
                             parse_value, positive)
 from train.supervised import PretrainOptions
-from train.tasks import OPS
+from train.tasks import OPS, ArithmeticTask
 from train.tokenizer import SPECIAL_TOKENS
+from train.variants import SET_SEPARATOR, parse_sets, phase_option, set_option, variant_task
 
-__all__ = ["ConfigError", "OptimConfig", "PhaseConfig", "RunConfig", "TaskConfig", "PRESETS", "all_keys",
+__all__ = ["ConfigError", "EvalConfig", "OptimConfig", "PhaseConfig", "RunConfig", "TaskConfig", "PRESETS", "all_keys",
            "apply_overrides", "from_dict", "load_preset", "to_dict"]
 
 
@@ -64,6 +65,26 @@ class TaskConfig:
         positive(self, "task.", "eval_problems", "max_new_tokens")
         nonnegative(self, "task.", "pass_k")
 
+    def arithmetic(self, seed: int) -> ArithmeticTask:
+        """The embedded task these knobs describe; phases and held-out sets take variants of it."""
+        return ArithmeticTask(self.digits, self.ops, seed, self.direct)
+
+
+@dataclass
+class EvalConfig:
+    sets: str = field(default="", metadata={"help": (
+        f"held-out task sets evaluated after every phase besides task/: NAME:VARIANT joined by '{SET_SEPARATOR}', "
+        f"e.g. 'long:digits=4{SET_SEPARATOR}carry:carries=3-{SET_SEPARATOR}mul:ops=*' (variant keys: ops, "
+        f"digits N|MIN-MAX, direct, carries N|MIN-MAX|MIN-, as for --<phase>.task; problems, pass@k and "
+        f"generation budget from task.*)")})
+
+    def __post_init__(self):
+        parse_sets(self.sets)  # the syntax; RunConfig checks the names and that problems exist
+
+    @property
+    def named_sets(self) -> list[tuple[str, str]]:
+        return parse_sets(self.sets)
+
 
 @dataclass
 class RunConfig:
@@ -85,6 +106,7 @@ class RunConfig:
     model: GPTConfig = field(default_factory=GPTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     phases: list[PhaseConfig] = field(default_factory=list)
 
     def __post_init__(self):
@@ -104,6 +126,22 @@ class RunConfig:
             raise ConfigError(f"phase name(s) {sorted(reserved)} clash with run fields; rename the phase")
         for p in self.phases:  # its kinds exist, and it holds the options of those and no others
             objectives.resolve(p)
+        self._check_variants(names)
+
+    def _check_variants(self, names: list[str]) -> None:
+        """Each phase's variant and held-out set admits problems; a variant goes with embedded data; a set's
+        name is new."""
+        base = self.task.arithmetic(self.seed)
+        for p in self.phases:
+            if p.task and p.data != "embedded" and not p.aux:
+                raise ConfigError(f"{phase_option(p.name, p.task)}: a task variant shapes embedded data, and phase "
+                                  f"{p.name} trains on {p.data}; drop it or set --{p.name}.data=embedded")
+            variant_task(base, p.task, phase_option(p.name, p.task))
+        for name, spec in self.eval.named_sets:
+            if name in ("task", *names):
+                raise ConfigError(f"--eval.sets: the set name {name!r} is taken by "
+                                  f"{'the task set' if name == 'task' else 'a phase'}; choose another")
+            variant_task(base, spec, set_option(name, spec), splits=("eval",))
 
     def phase(self, name: str) -> PhaseConfig:
         for p in self.phases:
@@ -320,6 +358,7 @@ def from_dict(d: dict) -> RunConfig:
         d["model"] = build(GPTConfig, d["model"], "model.")
         d["optim"] = build(OptimConfig, d["optim"], "optim.")
         d["task"] = build(TaskConfig, d["task"], "task.")
+        d["eval"] = build(EvalConfig, d.get("eval", {}), "eval.")  # absent from runs saved before it existed
         d["phases"] = [build(PhaseConfig, p | {"options": objectives.options_from_dict(p, f"{p.get('name')}.")},
                              f"{p.get('name')}.") for p in d["phases"]]
         return _revalidate(build(RunConfig, d, ""))

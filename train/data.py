@@ -175,8 +175,9 @@ PRETRAIN_KINDS = ("facts", "worked", "chat")
 
 
 def embedded_pretraining(task: ArithmeticTask, tok: Tokenizer, mix: str, seed: int, split: str, seq_len: int,
-                         dist: Dist = SINGLE):
-    """Generated pretraining documents: plain facts, worked problems as text, problems as chat turns.
+                         dist: Dist = SINGLE, count: int | None = None):
+    """Generated pretraining documents: plain facts, worked problems as text, problems as chat turns (the
+    first `count` of them, cycled, when it is given).
 
     Chat documents are supervised on every token like any pretraining text; they teach a base model the
     turn tokens, so task accuracy (asked in the chat format) is meaningful from the first phase on.
@@ -191,7 +192,7 @@ def embedded_pretraining(task: ArithmeticTask, tok: Tokenizer, mix: str, seed: i
             ids = tok.document(task.fact(split, i) if kind == "facts" else task.worked_text(split, i))
         return ids, [1] * len(ids)
 
-    return PackedDocs(document, tok, seq_len, dist=dist)
+    return PackedDocs(document, tok, seq_len, count, dist)
 
 
 def conversations(convs, tok: Tokenizer, seq_len: int, count: int | None = None, dist: Dist = SINGLE) -> PackedDocs:
@@ -204,13 +205,25 @@ def conversations(convs, tok: Tokenizer, seq_len: int, count: int | None = None,
     return PackedDocs(document, tok, seq_len, count, dist)
 
 
+def first_documents(tokens: np.ndarray, bos: int, n: int, seq_len: int, path: str) -> np.ndarray:
+    """The tokens of the first `n` documents (each starts with <|bos|>); DataError when they fill no row."""
+    starts = np.flatnonzero(tokens == bos)
+    out = tokens[: starts[n]] if len(starts) > n else tokens
+    if len(out) < seq_len + 1:
+        raise DataError(f"{path}: its first {n} training document(s) hold {len(out)} tokens, fewer than one row of "
+                        f"model.seq_len+1={seq_len + 1}; allow more examples")
+    return out
+
+
 class TokenStream:
     """A user's text, tokenized once into a uint32 shard under `cache_dir`, read as consecutive windows.
 
-    The last 1/20 of the tokens (at least one row) is held out for validation.
+    The last 1/20 of the tokens (at least one row) is held out for validation. With `documents` the training
+    windows cycle over the first that many documents only.
     """
 
-    def __init__(self, path: str, tok: Tokenizer, seq_len: int, cache_dir: str, dist: Dist = SINGLE):
+    def __init__(self, path: str, tok: Tokenizer, seq_len: int, cache_dir: str, dist: Dist = SINGLE,
+                 documents: int = 0):
         self.tok, self.seq_len, self.offset, self.dist = tok, seq_len, 0, dist
         check_file(path, ".txt or .jsonl")
         try:
@@ -236,6 +249,8 @@ class TokenStream:
         if len(tokens) < n_eval + seq_len + 1:
             raise DataError(f"{path}: {len(tokens)} tokens is too few for seq_len={seq_len}; give more text")
         self.train, self.eval = tokens[:-n_eval], tokens[-n_eval:]
+        if documents:
+            self.train = first_documents(self.train, tok.bos, documents, seq_len, path)
 
     def _rows(self, tokens, start: int, rows: int) -> tuple[torch.Tensor, int]:
         T, n = self.seq_len, len(tokens)

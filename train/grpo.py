@@ -7,6 +7,7 @@ with an optional k3 KL to the phase-start policy, aggregated by the rollout batc
 
 The weights `w` (from `loss_type`) sum over the whole rollout batch, so the loss does not depend on how a
 step is split into micro-batches or ranks. A user's prompts are held out as a task-accuracy set.
+`<phase>.examples=N` samples from the first N prompts only, repeated as epochs.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from model.gpt import GPT
 from train.evaluate import task_accuracy
 from train.heads import policy_loss
 from train.kind import Context, ObjectiveKind, PhaseConfig
-from train.readers import fit_context, read_prompts, split_held_out
+from train.readers import budget, fit_context, read_prompts, split_held_out
 from train.rollout import RolloutBatch, RolloutSource
 from train.settings import ConfigError, check, choice, nonnegative, positive
 from train.tasks import REWARDS, get_reward
@@ -83,9 +84,10 @@ def _sources(p: PhaseConfig, ctx: Context):
         if longest + o.max_new_tokens > T:  # checked now, not when the phase begins after the others
             raise ConfigError(f"{p.name}.max_new_tokens={o.max_new_tokens} does not fit: the task's prompts take up "
                               f"to {longest} tokens of model.seq_len={T}; lower it or raise model.seq_len")
-        return RolloutSource(p, tok, lambda i: task.prompt("train", i), reward, seed=ctx.seed, dist=ctx.dist,
-                             backend=ctx.kernels), {}
+        return RolloutSource(p, tok, lambda i: task.prompt("train", i), reward, count=p.examples or None,
+                             seed=ctx.seed, dist=ctx.dist, backend=ctx.kernels), {}
     train, held = user_prompts(p, ctx)
+    train = budget(train, p.examples, f"{p.name}.examples", p.data)
     return RolloutSource(p, tok, train.__getitem__, reward, count=len(train), seed=ctx.seed, dist=ctx.dist,
                          backend=ctx.kernels), {
         p.name: lambda model: task_accuracy(model, tok, held, reward, max_new_tokens=o.max_new_tokens,

@@ -24,6 +24,7 @@ from train.distributed import SINGLE, Dist
 from train.settings import ConfigError, check, choice, nonnegative, positive
 from train.tasks import ArithmeticTask
 from train.tokenizer import Tokenizer
+from train.variants import check_variant, phase_option
 
 
 @dataclass
@@ -31,6 +32,11 @@ class PhaseConfig:
     name: str = "pretrain"  # unique; overrides address the phase by it (--<name>.<field>=...)
     objective: str = field(default="pretrain", metadata={"help": "what the phase optimises", "kinds": True})
     data: str = "embedded"  # "embedded" (generated tasks) or a file: .txt/.jsonl text (pretrain), .jsonl (sft, grpo)
+    task: str = field(default="", metadata={"help": (
+        "this phase's variant of the embedded task (empty: the task section): key=value,... of ops (a subset of "
+        "+-*), digits (N or MIN-MAX, exactly), direct (a share), carries (N, MIN-MAX or MIN-), e.g. "
+        "ops=*,digits=1-2,direct=0,carries=0-1")})
+    examples: int = 0  # distinct documents, conversations or prompts the phase sees, repeated as epochs (0: no limit)
     steps: int = 100  # optimiser steps in this phase
     batch_size: int = 16  # rows per optimiser step (GRPO: completions)
     micro_batch_size: int = 16  # rows per forward/backward (batch_size / micro_batch_size accumulation steps)
@@ -49,9 +55,10 @@ class PhaseConfig:
                               f"--<name>.<field> options and checkpoint file names)")
         at = f"{self.name}."
         positive(self, at, "steps", "batch_size", "micro_batch_size")
-        nonnegative(self, at, "warmup_steps", "eval_every", "lr_scale", "min_lr_ratio")
+        nonnegative(self, at, "warmup_steps", "eval_every", "lr_scale", "min_lr_ratio", "examples")
         check(self, at, "min_lr_ratio", self.min_lr_ratio <= 1, "in [0, 1]")
         self.aux_weights  # noqa: B018  (checks the aux entries' form)
+        check_variant(self.task, phase_option(self.name, self.task))  # the syntax; train/config.py the rest
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"{at}batch_size={self.batch_size} must be a multiple of "
                               f"{at}micro_batch_size={self.micro_batch_size}")

@@ -27,6 +27,14 @@ def split_held_out(items: list, path: str) -> tuple[list, list]:
     return items[:-n_eval], items[-n_eval:]
 
 
+def budget(items: list, n: int, option: str, path: str) -> list:
+    """The first `n` training items (all of them for 0): a data budget. Asking for more than the file holds
+    is said in one printed line, not silently ignored."""
+    if n and n > len(items):
+        print(f"note: {option}={n}, but {path} holds {len(items)} training examples; the phase uses all of them")
+    return items[:n] if n else items
+
+
 def fit_context(items: list, prompt_len, limit: int, path: str) -> list:
     """The items whose prompt is at most `limit` tokens (`prompt_len(item)`); the rest are dropped with one
     printed line, and DataError if none is left.

@@ -6,6 +6,10 @@ Files in the run folder:
                     the phase of every held-out set (the phase × metric table)
     loss.png        training loss per step and phase (RL phases: their mean reward); eval.png: every held-out
                     metric after each phase
+
+The phase × held-out table (printed at the end, and eval.png) is grouped by held-out set: its metrics are
+named `<set>/<metric>` (the phases' own sets, `task`, and the named sets of --eval.sets, e.g. `long/pass@4`),
+and each set is a group of rows (of panels in eval.png), in the order the sets are evaluated.
 """
 from __future__ import annotations
 
@@ -141,7 +145,7 @@ def print_summary(summary: dict) -> None:
     for r in rows:
         print(f"{r['name']:<10} {r['steps']:>5} {fmt_num(r['tokens']):>7} {fmt_time(r['seconds']):>7} "
               f"{fmt_num(r['tok_s']):>7}   {r['final_loss']:.4f}")
-    metrics = sorted({k for r in rows for k in r["eval"]})
+    metrics = [m for _, group in eval_groups(rows) for m in group]
     if metrics:
         width = max(len(m) for m in metrics) + 2
         print("\nevaluation after each phase")
@@ -150,6 +154,16 @@ def print_summary(summary: dict) -> None:
             cells = "".join(f"{r['eval'][m]:>12.4f}" if m in r["eval"] else f"{'-':>12}" for r in rows)
             print(f"{m:<{width}}{cells}")
     print(f"\ntotal {fmt_time(summary['seconds'])}; run folder {summary['out']}")
+
+
+def eval_groups(rows: list[dict]) -> list[tuple[str, list[str]]]:
+    """[(held-out set, its metric names sorted)] over the phases' results, the sets in the order first seen
+    (the order they are evaluated in)."""
+    groups: dict[str, set[str]] = {}
+    for r in rows:
+        for k in r["eval"]:
+            groups.setdefault(k.partition("/")[0], set()).add(k)
+    return [(name, sorted(ms)) for name, ms in groups.items()]
 
 
 def plot(records: list[dict], summary: dict, out_dir: str) -> None:
@@ -194,24 +208,25 @@ def loss_figure(records: list[dict]):
 
 
 def eval_figure(summary: dict):
-    """Every held-out metric after each phase, one panel per metric; None when there is none."""
+    """Every held-out metric after each phase: a row of panels per held-out set, one panel per metric; None
+    when there is none."""
     import matplotlib.pyplot as plt
 
     rows = summary["phases"]
-    metrics = sorted({k for r in rows for k in r["eval"]})
-    if not metrics:
+    groups = eval_groups(rows)
+    if not groups:
         return None
-    cols = min(4, len(metrics))
-    rows_ = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(3.4 * cols, 3.0 * rows_), squeeze=False)
-    for ax in axes.flat[len(metrics):]:
-        ax.set_visible(False)
-    for ax, m in zip(axes.flat, metrics):
-        pts = [(r["name"], r["eval"][m]) for r in rows if m in r["eval"]]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
-        ax.set_title(m, fontsize=9)
-        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle("held-out metrics after each phase")
+    cols = max(len(ms) for _, ms in groups)
+    fig, axes = plt.subplots(len(groups), cols, figsize=(3.4 * cols, 3.0 * len(groups)), squeeze=False)
+    for g, (_, metrics) in enumerate(groups):
+        for ax in axes[g, len(metrics):]:
+            ax.set_visible(False)
+        for ax, m in zip(axes[g], metrics):
+            pts = [(r["name"], r["eval"][m]) for r in rows if m in r["eval"]]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+            ax.set_title(m, fontsize=9)
+            ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+            ax.grid(alpha=0.3)
+    fig.suptitle("held-out metrics after each phase (a row per held-out set)")
     fig.tight_layout()
     return fig

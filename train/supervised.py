@@ -3,6 +3,7 @@ the assistant tokens of conversations, the data source masking the rest).
 
 Both are packed into rows by train/data.py and held out the same way: embedded data has its own eval split,
 a user's file its last 1/20. Their held-out metric is the loss and bits-per-byte (train/evaluate.py).
+`<phase>.examples=N` trains on the first N documents or conversations only, repeated as epochs.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from train.data import Batch, TokenStream, conversations, embedded_pretraining
 from train.evaluate import eval_loss
 from train.heads import next_token_losses
 from train.kind import Context, ObjectiveKind, PhaseConfig
-from train.readers import fit_context, read_conversations, read_documents, split_held_out
+from train.readers import budget, fit_context, read_conversations, read_documents, split_held_out
 
 
 class NextTokenLoss:
@@ -47,9 +48,10 @@ class PretrainOptions:
 def _pretrain_sources(p: PhaseConfig, ctx: Context):
     if p.data == "embedded":
         mix = p.options["pretrain"].mix
-        train = embedded_pretraining(ctx.task, ctx.tok, mix, ctx.seed, "train", ctx.seq_len, ctx.dist)
+        train = embedded_pretraining(ctx.task, ctx.tok, mix, ctx.seed, "train", ctx.seq_len, ctx.dist,
+                                     p.examples or None)
         return train, _loss_eval(p, ctx, embedded_pretraining(ctx.task, ctx.tok, mix, ctx.seed, "eval", ctx.seq_len))
-    train = TokenStream(p.data, ctx.tok, ctx.seq_len, os.path.join(ctx.out_dir, "data"), ctx.dist)
+    train = TokenStream(p.data, ctx.tok, ctx.seq_len, os.path.join(ctx.out_dir, "data"), ctx.dist, p.examples)
     return train, _loss_eval(p, ctx, train)
 
 
@@ -73,9 +75,10 @@ def user_conversations(p: PhaseConfig, ctx: Context) -> tuple[list, list]:
 def _sft_sources(p: PhaseConfig, ctx: Context):
     tok, T = ctx.tok, ctx.seq_len
     if p.data == "embedded":
-        return (conversations(lambda i: ctx.task.conversation("train", i), tok, T, dist=ctx.dist),
+        return (conversations(lambda i: ctx.task.conversation("train", i), tok, T, p.examples or None, ctx.dist),
                 _loss_eval(p, ctx, conversations(lambda i: ctx.task.conversation("eval", i), tok, T)))
     train, held = user_conversations(p, ctx)
+    train = budget(train, p.examples, f"{p.name}.examples", p.data)
     return (conversations(train.__getitem__, tok, T, len(train), ctx.dist),
             _loss_eval(p, ctx, conversations(held.__getitem__, tok, T, len(held))))
 

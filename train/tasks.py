@@ -15,7 +15,13 @@ Worked answers go column by column from the units, carrying (or borrowing) as a 
 Determinism and splits: problem `i` of split `s` is drawn from `random.Random(f"{seed}/{s}/{i}")`, so any
 problem can be regenerated from its index alone (a data position is one integer). Every operand pair is
 assigned to a split by a CRC of its text, and a generator rejects pairs of the other split, so the train and
-eval splits are disjoint by construction, not by luck.
+eval splits are disjoint by construction, not by luck, and stay disjoint across every variant of the task
+(other digits, operations or carries: the split depends on the pair alone).
+
+Variants (train/variants.py parses them): operands of `min_digits`..`digits` digits, and a range of carries
+(borrows for '-', see `carries`) enforced by rejection. Without a carry range a problem takes exactly the
+random draws it took before variants existed, so the default task is the same problem for problem. Rejection
+is bounded (MAX_DRAWS), so a variant that admits (almost) no problem is an error, never a hang.
 
 Rewards parse strictly with a regular expression (never `eval`) and return 0.0 on anything malformed; the
 built-in ones return 0.0 or 1.0. A reward function's result must be one finite number (RewardError
@@ -35,6 +41,7 @@ from dataclasses import dataclass
 OPS = "+-*"
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 8  # one operand pair in EVAL_FRACTION belongs to the eval split
+MAX_DRAWS = 100_000  # operand pairs drawn for one problem before its split and carry range are called empty
 
 
 @dataclass(frozen=True)
@@ -96,40 +103,90 @@ def _columns(a: int, b: int, op: str) -> list[str]:
     return steps
 
 
+def carries(a: int, b: int, op: str) -> int:
+    """Columns of the worked answer that pass a carry on (for '-': that borrow), units first: for '+' and '*'
+    those whose result, incoming carry included, is 10 or more (the last column's too: "carry 1" of '+', the
+    two-digit last step of '*'); for '-' those whose digit, less an incoming borrow, is below the subtrahend's."""
+    da, db, n, carry = _digits(a), _digits(b), 0, 0
+    if op == "*":  # b is a single digit
+        for x in da:
+            carry = (x * b + carry) // 10
+            n += carry > 0
+        return n
+    for i in range(max(len(da), len(db))):
+        x, y = (da[i] if i < len(da) else 0), (db[i] if i < len(db) else 0)
+        carry = (x + y + carry) // 10 if op == "+" else int(x - carry < y)
+        n += carry
+    return n
+
+
+def most_carries(op: str, digits: int) -> int:
+    """The most carries a problem of `op` with operands of up to `digits` digits has: 999+999 and 999*9 carry
+    in every column, 1000-999 borrows in all but the first (the minuend is the larger)."""
+    return digits - 1 if op == "-" else digits
+
+
 def split_of(a: int, b: int, op: str) -> str:
     return "eval" if zlib.crc32(f"{a}{op}{b}".encode()) % EVAL_FRACTION == 0 else "train"
 
 
 @dataclass(frozen=True)
 class ArithmeticTask:
-    digits: int = 3  # operands have 1..digits digits (the multiplier of '*' is one digit)
+    digits: int = 3  # operands have min_digits..digits digits (the multiplier of '*' is one digit, 2..9)
     ops: str = "+-"  # which operations appear, a subset of "+-*"
     seed: int = 0
     direct: float = 0.0  # share of chat demonstrations that give the final line alone, without the columns
+    min_digits: int = 1  # the fewest digits an operand has
+    min_carries: int = 0  # problems have at least this many carries (see `carries`)
+    max_carries: int | None = None  # and at most this many (None: no limit)
 
     def __post_init__(self):
         if not 0 <= self.direct <= 1:
             raise ValueError(f"task direct={self.direct} must be in [0, 1]")
         if not 1 <= self.digits <= 12:
             raise ValueError(f"task digits={self.digits} must be in 1..12")
+        if not 1 <= self.min_digits <= self.digits:
+            raise ValueError(f"task min_digits={self.min_digits} must be in 1..digits={self.digits}")
         if not self.ops or set(self.ops) - set(OPS):
             raise ValueError(f"task ops={self.ops!r} must be a non-empty subset of {OPS!r}")
+        if self.min_carries < 0 or (self.max_carries is not None and self.max_carries < self.min_carries):
+            raise ValueError(f"task carries {self.min_carries}..{self.max_carries} is not a range of counts >= 0")
+        most = max(most_carries(op, self.digits) for op in self.ops)
+        if self.min_carries > most:
+            raise ValueError(f"no problem has {self.min_carries} or more carries with ops={self.ops} and operands "
+                             f"of up to {self.digits} digits (at most {most})")
+
+    @property
+    def filtered(self) -> bool:
+        """Whether problems are drawn by rejection on their number of carries."""
+        return self.min_carries > 0 or self.max_carries is not None
 
     def _number(self, rng: random.Random) -> int:
-        n_digits = rng.randint(1, self.digits)  # uniform over lengths, so short numbers are not rare
+        n_digits = rng.randint(self.min_digits, self.digits)  # uniform over lengths, so short numbers are not rare
         return rng.randint(0 if n_digits == 1 else 10 ** (n_digits - 1), 10**n_digits - 1)
 
+    def _admits(self, a: int, b: int, op: str) -> bool:
+        if not self.filtered:
+            return True
+        n = carries(a, b, op)
+        return self.min_carries <= n and (self.max_carries is None or n <= self.max_carries)
+
     def problem(self, split: str, index: int) -> Problem:
+        """Problem `index` of `split`; ValueError when MAX_DRAWS operand pairs hold none of this split and
+        carry range (a variant that admits too few problems)."""
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
         rng = random.Random(f"{self.seed}/{split}/{index}")
-        while True:
+        for _ in range(MAX_DRAWS):
             op = rng.choice(self.ops)
             a, b = self._number(rng), (rng.randint(2, 9) if op == "*" else self._number(rng))
             if op == "-" and b > a:
                 a, b = b, a
-            if split_of(a, b, op) == split:
+            if split_of(a, b, op) == split and self._admits(a, b, op):
                 return Problem(a, b, op)
+        raise ValueError(f"no {split} problem with ops={self.ops}, {self.min_digits}..{self.digits} digits and "
+                         f"{self.min_carries}..{'' if self.max_carries is None else self.max_carries} carries in "
+                         f"{MAX_DRAWS} draws: too few problems satisfy it")
 
     # --------------------------------------------------------------------------------- the three views
     def fact(self, split: str, index: int) -> str:
