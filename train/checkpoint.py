@@ -155,6 +155,27 @@ def load(run_dir: str) -> dict:
     raise CheckpointError(f"no readable checkpoint in {run_dir}: all {len(paths)} are truncated or corrupt")
 
 
+def read(path: str) -> dict:
+    """The one checkpoint file `path`; CheckpointError when it is not one (unreadable, not a tritium
+    checkpoint, or holding pickled objects other than plain data)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (a file that is not a checkpoint makes torch.load raise almost anything)
+        unsafe = isinstance(e, pickle.UnpicklingError) and re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = (f"holds pickled objects other than tensors and plain data ({unsafe.group(1)})" if unsafe else
+                f"cannot be read as a checkpoint ({_reason(e)})")
+        raise CheckpointError(f"{path} {what}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "model" not in state:
+        raise CheckpointError(f"{path} is not a tritium checkpoint (no model and step in it)")
+    return state
+
+
+def phase_end(path: str) -> str | None:
+    """The phase whose end checkpoint `path` is (from its name, ckpt-<step>-<phase>.pt), else None."""
+    m = _NAME.fullmatch(os.path.basename(path))
+    return m.group(2) if m else None
+
+
 def _step_of(path: str) -> tuple[int, bool]:
     m = _NAME.fullmatch(os.path.basename(path))
     return int(m.group(1)), m.group(2) is not None
