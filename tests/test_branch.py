@@ -50,6 +50,9 @@ def test_a_branch_from_sft_reproduces_the_parents_grpo_steps(tmp_path, parent, d
     assert (record["step"], record["phase"], record["run"], record["seed"]) == (8, "sft", parent, 0)
     assert record["path"] == os.path.join(parent, SFT_END) and len(record["config_sha256"]) == 16
     assert saved["config"]["init_from"] == record["path"] and saved["config"]["init_optimizer"] is True
+    with open(out / "summary.json") as f, open(os.path.join(parent, "summary.json")) as g:
+        mine, theirs = json.load(f)["phases"][0]["eval"], json.load(g)["phases"][2]["eval"]
+    assert mine["drift/dist@grpo"] == 0.0 and mine["drift/dist@init"] == theirs["drift/dist@sft"] > 0
 
 
 def test_without_the_optimiser_state_the_branch_trains_differently(tmp_path, parent, dense_reward):  # noqa: F811

@@ -92,6 +92,11 @@ def find(run_dir: str) -> list[str]:
     return [path for *_, path in sorted(found, reverse=True)]
 
 
+def phase_end_path(run_dir: str, step: int, phase: str) -> str:
+    """Where the checkpoint at the end of phase `phase` (its last step `step`) is written."""
+    return os.path.join(run_dir, f"ckpt-{step:06d}-{phase}.pt")
+
+
 def save(run_dir: str, state: dict, keep: int = 2, phase_end: str | None = None) -> str:
     """Write `state` (its "step" names the file) atomically, then rotate.
 
@@ -100,7 +105,7 @@ def save(run_dir: str, state: dict, keep: int = 2, phase_end: str | None = None)
     one, so they are removed too, as are temporary files left by a crash mid-write.
     """
     step = state["step"]
-    path = os.path.join(run_dir, f"ckpt-{step:06d}" + (f"-{phase_end}" if phase_end else "") + ".pt")
+    path = phase_end_path(run_dir, step, phase_end) if phase_end else os.path.join(run_dir, f"ckpt-{step:06d}.pt")
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:

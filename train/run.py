@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from model.gpt import GPT
-from train import branch, checkpoint, distributed, rundir, startup
+from train import branch, checkpoint, distributed, drift, rundir, startup
 from train import resume as resume_
 from train.config import ConfigError, RunConfig, to_dict
 from train.distributed import Dist
@@ -171,6 +171,8 @@ def _train(cfg: RunConfig, state: dict | None, out_dir: str, dist: Dist, record:
     with distributed.main_first(dist):  # user text is tokenized into a shard file once, by rank 0
         phases = build_phases(cfg, ctx)
     evaluators = {name: fn for p in phases for name, fn in p.evals.items()} | task_evals(cfg, ctx)
+    # drift from every earlier phase-end model, after each phase: it asks the trainer (made below) its step
+    evaluators["drift"] = drift.Drift(cfg, ctx, lambda: trainer.step, cfg.init_from)
     flops, flops_source = peak_flops(device)
     prov = provenance(device) | {"peak_flops": flops, "peak_flops_source": flops_source,
                                  "params": model.num_params(), "tokenizer_vocab": tok.n_vocab,
