@@ -89,12 +89,14 @@ def task_accuracy(
         lengths, nats = [], 0.0
         for s in range(0, len(rows), batch_size):
             chunk = rows[s : s + batch_size]
-            outs, entropies = generate(
+            outs = generate(
                 model, [p for _, p in chunk], max_new_tokens=max_new_tokens, temperature=temperature,
-                stop_id=tok.end, pad_id=tok.pad, generator=generator, entropy=True,
+                stop_id=tok.end, pad_id=tok.pad, generator=generator, entropy=temperature == 0.0,
             )
+            if temperature == 0.0:  # the entropy of greedy completions only (the sampled ones need none)
+                outs, entropies = outs
+                nats += sum(map(sum, entropies))
             lengths.extend(map(len, outs))
-            nats += sum(map(sum, entropies))
             for (i, _), out in zip(chunk, outs):
                 rewards[i].append(checked_reward(reward_fn, tok.completion_text(out), answers[i]))
         return rewards, sum(lengths) / len(lengths), nats / max(sum(lengths), 1)
