@@ -12,7 +12,8 @@ with θ_k that phase's end weights and θ the current ones:
 Forgetting shows as a KL that grows on the text an earlier phase trained on; the distance says how much
 of the weights a phase rewrote. The held-out sets are the embedded task's, the same rows as the held-out
 loss of an embedded `pretrain` phase (the mix of the run's first phase with one, else the default mix) and
-of an embedded `sft` phase, whatever phases the run has, so runs with different schedules compare.
+of an embedded `sft` phase, whatever phases the run has, so runs with different schedules compare. A run
+that trains on no embedded data (only users' files, as for task accuracy) gets the distance alone.
 
 θ_k is read from the phase-end checkpoint on disk (train/checkpoint.py), which the loop writes after the
 phase's evaluation: for the phase that has just ended the current model is θ_k, and every metric @k is 0
@@ -45,8 +46,9 @@ class Drift:
         mix = next((p.options["pretrain"].mix for p in cfg.phases if "pretrain" in p.options), PretrainOptions().mix)
         text = embedded_pretraining(ctx.task, ctx.tok, mix, ctx.seed, "eval", ctx.seq_len)
         chat = conversations(lambda i: ctx.task.conversation("eval", i), ctx.tok, ctx.seq_len)
+        embedded = any(p.data == "embedded" or p.aux for p in cfg.phases)  # aux objectives train on it too
         self.sets = {"text": text.eval_batches(ctx.eval_rows, MICRO_ROWS),
-                     "chat": chat.eval_batches(ctx.eval_rows, MICRO_ROWS)}
+                     "chat": chat.eval_batches(ctx.eval_rows, MICRO_ROWS)} if embedded else {}
         self.ref: GPT | None = None  # one model that holds each θ_k in turn
 
     def references(self, step: int) -> list[tuple[str, str | None]]:
