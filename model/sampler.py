@@ -83,8 +83,13 @@ def generate(
     pad_id: int = 0,
     generator: torch.Generator | None = None,
     seeds: list[int] | None = None,
-) -> list[list[int]]:
+    entropy: bool = False,
+) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
     """Complete every prompt; each completion ends at (and includes) `stop_id` or after max_new_tokens.
+
+    With `entropy`, returns (completions, entropies): entropies[b][t] is the entropy in nats of the model's
+    next-token distribution softmax(logits) (temperature 1, the whole vocabulary, whatever the sampling
+    temperature and top-k) at the step that produced completions[b][t].
 
     Sampling draws from `generator` (one stream for the batch), or with `seeds` from one stream per row
     seeded by seeds[i]: then a row's completion depends only on its prompt and its seed, not on the other
@@ -111,17 +116,29 @@ def generate(
     cache = KVCache(model, B, P + max_new_tokens)  # in the dtype the projections produce (see KVCache)
     hidden = model(idx, doc_ids=doc_ids[:, :P], positions=positions, cache=cache)  # prefill
     out: list[list[int]] = [[] for _ in range(B)]
+    entropies: list[list[float]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     streams = None if seeds is None else [torch.Generator(device=device).manual_seed(s) for s in seeds]
     for t in range(max_new_tokens):
-        tok = sample_next(model.logits(hidden[:, -1]), temperature, top_k, generator, streams)  # (B,)
+        logits = model.logits(hidden[:, -1])  # (B, V)
+        tok = sample_next(logits, temperature, top_k, generator, streams)  # (B,)
+        h = _entropy(logits).tolist() if entropy else None  # host sync, with the tokens' below
         for b in (~done).nonzero().flatten().tolist():
             out[b].append(int(tok[b]))
+            if h is not None:
+                entropies[b].append(h[b])
         if stop_id is not None:
             done |= tok == stop_id
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         pos = (P + t - pad)[:, None]  # (B, 1)
         hidden = model(tok[:, None], doc_ids=doc_ids[:, : P + t + 1], positions=pos, cache=cache)
-    return out
+    return (out, entropies) if entropy else out
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) entropy of softmax(logits) per row, in fp32: H = logsumexp(l) − Σ_v p_v·l_v."""
+    logits = logits.float()
+    p = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits.nan_to_num(neginf=0.0)).sum(dim=-1)
 

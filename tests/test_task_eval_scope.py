@@ -20,7 +20,9 @@ def evaluated(summary) -> set[str]:
 
 def test_a_run_on_the_users_data_alone_evaluates_only_that(tmp_path, own_text):
     summary = run(apply_overrides(load_preset("base-smoke"), QUICK | own_text | {"out": str(tmp_path / "r")}))
-    assert evaluated(summary) == {"pretrain", "pretrain2"}
+    assert evaluated(summary) == {"pretrain", "pretrain2", "drift"}
+    drift = {k for p in summary["phases"] for k in p["eval"] if k.startswith("drift/")}
+    assert drift == {"drift/dist@pretrain", "drift/dist@pretrain2"}  # no KL on the embedded task's text
 
 
 def test_the_task_is_evaluated_when_asked(tmp_path, own_text):

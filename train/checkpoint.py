@@ -92,6 +92,11 @@ def find(run_dir: str) -> list[str]:
     return [path for *_, path in sorted(found, reverse=True)]
 
 
+def phase_end_path(run_dir: str, step: int, phase: str) -> str:
+    """Where the checkpoint at the end of phase `phase` (its last step `step`) is written."""
+    return os.path.join(run_dir, f"ckpt-{step:06d}-{phase}.pt")
+
+
 def save(run_dir: str, state: dict, keep: int = 2, phase_end: str | None = None) -> str:
     """Write `state` (its "step" names the file) atomically, then rotate.
 
@@ -100,7 +105,7 @@ def save(run_dir: str, state: dict, keep: int = 2, phase_end: str | None = None)
     one, so they are removed too, as are temporary files left by a crash mid-write.
     """
     step = state["step"]
-    path = os.path.join(run_dir, f"ckpt-{step:06d}" + (f"-{phase_end}" if phase_end else "") + ".pt")
+    path = phase_end_path(run_dir, step, phase_end) if phase_end else os.path.join(run_dir, f"ckpt-{step:06d}.pt")
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -153,6 +158,27 @@ def load(run_dir: str) -> dict:
         state["loaded_from"] = path
         return state
     raise CheckpointError(f"no readable checkpoint in {run_dir}: all {len(paths)} are truncated or corrupt")
+
+
+def read(path: str) -> dict:
+    """The one checkpoint file `path`; CheckpointError when it is not one (unreadable, not a tritium
+    checkpoint, or holding pickled objects other than plain data)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (a file that is not a checkpoint makes torch.load raise almost anything)
+        unsafe = isinstance(e, pickle.UnpicklingError) and re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = (f"holds pickled objects other than tensors and plain data ({unsafe.group(1)})" if unsafe else
+                f"cannot be read as a checkpoint ({_reason(e)})")
+        raise CheckpointError(f"{path} {what}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "model" not in state:
+        raise CheckpointError(f"{path} is not a tritium checkpoint (no model and step in it)")
+    return state
+
+
+def phase_end(path: str) -> str | None:
+    """The phase whose end checkpoint `path` is (from its name, ckpt-<step>-<phase>.pt), else None."""
+    m = _NAME.fullmatch(os.path.basename(path))
+    return m.group(2) if m else None
 
 
 def _step_of(path: str) -> tuple[int, bool]:

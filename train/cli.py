@@ -18,19 +18,25 @@ from train.checkpoint import CheckpointError
 from train.config import PRESETS, ConfigError, all_keys, apply_overrides, load_preset
 from train.readers import DataError
 from train.loop import NumericalError
+from train.objectives import KINDS
 from train.signals import Interrupted
 from train.resume import RESUMABLE
 from train.rundir import RunDirError, Stopped
+from train.schedule import compose
 from train.tasks import RewardError
 from train.tokenizer import TokenizerError
 
 ONE_LINE_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, RewardError, NumericalError, RunDirError)
 
-USAGE = """usage: python train.py [--import=MODULE ...] [--preset=NAME] [--key=value ...]
+USAGE = """usage: python train.py [--import=MODULE ...] [--preset=NAME] [--phases=NAME:OBJECTIVE,...] [--key=value ...]
        python train.py [--import=MODULE ...] --resume RUN_DIR [--key=value ...] [--accept_changed_data]
 
 Trains a GPT through a schedule of phases (see README.md). Presets: {presets}.
 Every option below can be set with --key=value; phases are addressed by name (--pretrain.steps=200).
+--phases=NAME:OBJECTIVE,... sets the schedule, in order, before the other options (objectives: {kinds}).
+A phase of the preset with that name keeps its settings (its options follow the objective given); a new
+name is a phase with the defaults of PhaseConfig (steps=100, batch_size=16, ...) and that objective. E.g.
+  --phases=pretrain:pretrain,cpt:pretrain,sft:sft,grpo:grpo --cpt.steps=50; zero-RL: pretrain:pretrain,grpo:grpo
 --resume RUN_DIR continues a run exactly where its last checkpoint left it; only the options that change
 neither the model, the data nor the saved state may be given with it:
   {resumable}
@@ -100,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         import_modules(args.imports)
         cfg = load_preset(args.preset)
+        schedule = args.overrides.pop("phases", None)
+        if schedule is not None and args.resume:
+            raise ConfigError("--phases cannot change on --resume (the checkpoint belongs to the run's schedule)")
+        if schedule is not None:  # first, so that --<new phase>.<field> options find their phase
+            cfg = compose(cfg, schedule)
         if args.want_help:
             print_help(cfg, args.preset)
             return 0
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_help(cfg, preset: str) -> None:
     resumable = textwrap.fill(RESUMABLE, width=110, initial_indent="  ", subsequent_indent="  ").strip()
-    print(USAGE.format(presets=", ".join(PRESETS), preset=preset, resumable=resumable))
+    print(USAGE.format(presets=", ".join(PRESETS), preset=preset, resumable=resumable, kinds=", ".join(KINDS)))
     rows = [(f"--{key}={value}", help_) for key, value, help_ in all_keys(cfg)]
     width = max(len(r[0]) for r in rows) + 2
     for option, help_ in rows:

@@ -103,6 +103,10 @@ class RunConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
     dist_backend: str = choice("auto", ("auto", "nccl", "gloo"),
                                "torchrun process group: auto = nccl on CUDA, gloo on CPU")
+    # branching (train/branch.py): a new run that starts from a checkpoint of another run
+    init_from: str = ""  # a checkpoint file, or a run folder (with init_phase): start from its weights and tokenizer
+    init_phase: str = ""  # with a run folder in init_from: the phase whose phase-end checkpoint to start from
+    init_optimizer: bool = False  # with init_from: take the checkpoint's AdamW state too (else fresh moments)
     model: GPTConfig = field(default_factory=GPTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -117,6 +121,8 @@ class RunConfig:
         if self.tokenizer == "bpe":
             check(self, "", "vocab_size", self.vocab_size >= 256 + len(SPECIAL_TOKENS),
                   f">= {256 + len(SPECIAL_TOKENS)} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        for name in ("init_phase", "init_optimizer"):
+            check(self, "", name, not getattr(self, name) or bool(self.init_from), "set only with --init_from")
         check(self, "", "phases", bool(self.phases), "a non-empty list")
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from model.gpt import GPT
-from train import checkpoint, distributed, rundir, startup
+from train import branch, checkpoint, distributed, drift, rundir, startup
 from train import resume as resume_
 from train.config import ConfigError, RunConfig, to_dict
 from train.distributed import Dist
@@ -73,7 +73,7 @@ def run(cfg: RunConfig | None = None, resume: str | None = None, *, overrides: d
     `accept_changed_data`: continue a resume whose data files changed, with a warning.
     """
     main = int(os.environ.get("RANK", "0")) == 0  # rank 0 owns the folder; known before the process group
-    lock, out_dir = None, resume
+    lock, out_dir, parent = None, resume, None
     try:
         if resume is not None:
             lock = rundir.claim_existing(resume) if main else None  # first: a running run keeps its folder
@@ -89,10 +89,14 @@ def run(cfg: RunConfig | None = None, resume: str | None = None, *, overrides: d
         else:
             state, cfg = None, resume_.absolute_data(cfg)
             record = {"imports": list(imports)}
+            if cfg.init_from:  # checked before a folder is made: a refused branch leaves nothing behind
+                parent = branch.load(cfg)
+                cfg = dataclasses.replace(cfg, init_from=parent.path, init_phase="")
+                record["parent"] = parent.record
             if main:
                 default = os.path.join("runs", f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
                 out_dir, lock = rundir.claim_new(cfg.out, None if cfg.out else default)
-        return _distributed(cfg, state, out_dir, record)
+        return _distributed(cfg, state, out_dir, record, parent)
     except rundir.Stopped:
         raise
     except KeyboardInterrupt:  # Ctrl-C during start-up, or a second Ctrl-C while training
@@ -113,14 +117,15 @@ def _resumed_config(folder: str, saved: dict, overrides: dict, imports: tuple, s
         raise
 
 
-def _distributed(cfg: RunConfig, state: dict | None, out_dir: str | None, record: dict | None) -> dict:
+def _distributed(cfg: RunConfig, state: dict | None, out_dir: str | None, record: dict | None,
+                 parent: branch.Parent | None) -> dict:
     dist = distributed.init(cfg.device, cfg.dist_backend)
     together = False  # whether every rank leaves at the same point (see distributed.destroy)
     try:
         check_batch_layout(cfg, dist.world_size)
         out_dir = distributed.broadcast(out_dir)  # rank 0 named (and locked) it
         try:
-            summary = _train(cfg, state, out_dir, dist, record)
+            summary = _train(cfg, state, out_dir, dist, record, parent)
         except (OSError, RuntimeError) as e:  # a write that failed for want of space or permission
             error = rundir.write_error(e, out_dir)
             if error is None:
@@ -135,7 +140,10 @@ def _distributed(cfg: RunConfig, state: dict | None, out_dir: str | None, record
         distributed.destroy(together)
 
 
-def _train(cfg: RunConfig, state: dict | None, out_dir: str, dist: Dist, record: dict | None) -> dict:
+def _train(cfg: RunConfig, state: dict | None, out_dir: str, dist: Dist, record: dict | None,
+           parent: branch.Parent | None) -> dict:
+    """Train in `out_dir`: from the checkpoint `state` (a resume), from `parent`'s weights (a branch,
+    train/branch.py), or from scratch."""
     device = dist.device
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -149,8 +157,8 @@ def _train(cfg: RunConfig, state: dict | None, out_dir: str, dist: Dist, record:
     task = ArithmeticTask(cfg.task.digits, cfg.task.ops, cfg.seed, cfg.task.direct)
     tok_path = os.path.join(out_dir, "tokenizer.json")
     with distributed.main_first(dist):  # rank 0 trains the tokenizer; the others read what it saved
-        if state:
-            tok = Tokenizer.loads(state["tokenizer"])
+        if state or parent:
+            tok = Tokenizer.loads(state["tokenizer"]) if state else parent.tokenizer
         else:
             tok = build_tokenizer(cfg, task) if dist.is_main else Tokenizer.load(tok_path)
         if dist.is_main and not (state and os.path.exists(tok_path)):  # a resume rewrites nothing it has
@@ -163,6 +171,8 @@ def _train(cfg: RunConfig, state: dict | None, out_dir: str, dist: Dist, record:
     with distributed.main_first(dist):  # user text is tokenized into a shard file once, by rank 0
         phases = build_phases(cfg, ctx)
     evaluators = {name: fn for p in phases for name, fn in p.evals.items()} | task_evals(cfg, ctx)
+    # drift from every earlier phase-end model, after each phase: it asks the trainer (made below) its step
+    evaluators["drift"] = drift.Drift(cfg, ctx, lambda: trainer.step, cfg.init_from)
     flops, flops_source = peak_flops(device)
     prov = provenance(device) | {"peak_flops": flops, "peak_flops_source": flops_source,
                                  "params": model.num_params(), "tokenizer_vocab": tok.n_vocab,
@@ -176,13 +186,17 @@ def _train(cfg: RunConfig, state: dict | None, out_dir: str, dist: Dist, record:
     trainer = Trainer(cfg, model, phases, evaluators, out_dir, {"tokenizer": tok.dumps()}, flops, dist)
     if state is not None:
         trainer.load_state_dict(state, state["loaded_from"])
+    elif parent is not None:
+        branch.inherit(trainer, parent, cfg)
     if dist.is_main:
         print(f"tritium | {'resuming ' + out_dir + ' at step ' + str(trainer.step) if state else 'run ' + out_dir}")
         print(" | ".join(f"{k} {v}" for k, v in prov.items()))
         print(f"preset {cfg.preset} | seed {cfg.seed} | model {model.num_params() / 1e6:.2f}M params "
               f"({cfg.model.n_layer}L d{cfg.model.n_embd} {cfg.model.n_head}h/{cfg.model.n_kv_head}kv) | "
               f"phases " + " → ".join(f"{p.name}({p.objective}, {p.steps})" for p in cfg.phases))
-        if (note := startup.vocab_note(cfg, tok.n_vocab)) and not state:
+        if parent is not None:
+            print(f"branched from {parent.path} (step {parent.record['step']}, phase {parent.record['phase']})")
+        if (note := startup.vocab_note(cfg, tok.n_vocab)) and not (state or parent):
             print(note)
     log = RunLog(out_dir, trainer.total, to_dict(cfg), cfg.wandb, resume_step=trainer.step, main=dist.is_main)
     summary = trainer.run(log)

@@ -1,0 +1,46 @@
+"""python -m train.compare on synthetic run folders: seed repeats grouped as mean ± std, errors in one line."""
+import json
+import os
+
+import pytest
+
+from train.compare import main
+
+
+def fake_run(root, name, seed, values, lr=3e-3, finished=True):
+    """A run folder with config.json and (when finished) summary.json: phases pretrain and sft."""
+    d = root / name
+    d.mkdir()
+    config = {"preset": "smoke", "seed": seed, "out": str(d), "optim": {"lr": lr}}
+    (d / "config.json").write_text(json.dumps({"config": config, "provenance": {}}))
+    if finished:
+        phases = [{"name": p, "eval": {"sft/loss": v, "drift/dist@pretrain": 0.0 if p == "pretrain" else v / 10}}
+                  for p, v in zip(("pretrain", "sft"), values)]
+        (d / "summary.json").write_text(json.dumps({"phases": phases, "seconds": 1.0, "out": str(d)}))
+    return str(d)
+
+
+def test_seed_repeats_are_grouped_as_mean_and_std(tmp_path, capsys):
+    runs = [fake_run(tmp_path, f"a-s{s}", s, [3.0 + s, 2.0 + s]) for s in range(3)]
+    runs.append(fake_run(tmp_path, "b", 0, [4.0, 1.5], lr=1e-3))
+    out = tmp_path / "cmp"
+    assert main(runs + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (out / "compare.md").read_text()
+    # group a: sft/loss after sft is 2, 3, 4: mean 3, sample std 1; group b is one run
+    assert "| sft/loss | 3.0000 ± 1.0000 (n=3) | 1.5000 |" in printed
+    assert "| drift/dist@pretrain | 0.0000 ± 0.0000 (n=3) | 0.0000 |" in printed
+    assert "| metric | a-s0 | b |" in printed and "## after pretrain" in printed and "## after sft" in printed
+    assert os.path.getsize(out / "compare.png") > 0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: str(root / "nope"), "error: {root}/nope: no such run folder"),
+    (lambda root: fake_run(root, "half", 0, [], finished=False),
+     "error: {root}/half: no summary.json (the run has not finished)"),
+])
+def test_missing_and_unfinished_runs_are_one_line_errors(tmp_path, capsys, make, message):
+    good = fake_run(tmp_path, "good", 0, [1.0, 2.0])
+    assert main([good, make(tmp_path), "--out", str(tmp_path / "cmp")]) == 2
+    assert capsys.readouterr().err.strip() == message.format(root=tmp_path)
+    assert not (tmp_path / "cmp").exists()
