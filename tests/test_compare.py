@@ -30,7 +30,7 @@ def test_seed_repeats_are_grouped_as_mean_and_std(tmp_path, capsys):
     # group a: sft/loss after sft is 2, 3, 4: mean 3, sample std 1; group b is one run
     assert "| sft/loss | 3.0000 ± 1.0000 (n=3) | 1.5000 |" in printed
     assert "| drift/dist@pretrain | 0.0000 ± 0.0000 (n=3) | 0.0000 |" in printed
-    assert "| metric | a-s0 | b |" in printed and "## after pretrain" in printed and "## after sft" in printed
+    assert "| metric | a | b |" in printed  # the label drops the seed suffix and "## after pretrain" in printed and "## after sft" in printed
     assert os.path.getsize(out / "compare.png") > 0
 
 
@@ -44,3 +44,24 @@ def test_missing_and_unfinished_runs_are_one_line_errors(tmp_path, capsys, make,
     assert main([good, make(tmp_path), "--out", str(tmp_path / "cmp")]) == 2
     assert capsys.readouterr().err.strip() == message.format(root=tmp_path)
     assert not (tmp_path / "cmp").exists()
+
+
+def branch_run(root, name, seed, parent, values):
+    """A finished run branched from `parent`'s sft checkpoint (config.json holds the absolute path)."""
+    d = fake_run(root, name, seed, values)
+    saved = json.loads((root / name / "config.json").read_text())
+    saved["config"]["init_from"] = os.path.join(parent, "ckpt-000008-sft.pt")
+    (root / name / "config.json").write_text(json.dumps(saved))
+    return d
+
+
+def test_branches_of_seed_repeats_are_one_group_and_metrics_filter(tmp_path, capsys):
+    parents = [fake_run(tmp_path, f"base-s{s}", s, [1.0, 1.0]) for s in range(2)]
+    other = fake_run(tmp_path, "other-s0", 0, [1.0, 1.0], lr=1e-3)
+    runs = [branch_run(tmp_path, f"rl-s{s}", s, parents[s], [2.0, 2.0 + 2 * s]) for s in range(2)]
+    runs.append(branch_run(tmp_path, "rl-other-s0", 0, other, [5.0, 5.0]))  # another parent: another group
+    assert main(runs + ["--out", str(tmp_path / "cmp"), "--metrics=sft/*"]) == 0
+    printed = capsys.readouterr().out
+    assert "| metric | rl | rl-other |" in printed
+    assert "| sft/loss | 3.0000 ± 1.4142 (n=2) | 5.0000 |" in printed
+    assert "drift/" not in printed

@@ -1,9 +1,13 @@
 """Compare finished runs side by side: every held-out metric after each phase.
 
-    python -m train.compare RUN_DIR [RUN_DIR ...] [--out DIR]
+    python -m train.compare RUN_DIR [RUN_DIR ...] [--out DIR] [--metrics=GLOB,...]
 
 Reads each run folder's config.json and summary.json. Runs whose configs are equal except for `seed` and
-`out` are one group, shown as mean ± std (sample std, n runs; a group of one shows its value). Prints one
+`out` are one group, shown as mean ± std (sample std, n runs; a group of one shows its value). A branched
+run (`--init_from`) is compared through its parent: two branches are repeats when their parents' configs,
+read from the parents' folders, are repeats of each other, so `--init_from=runs/A-s0` at seed 0 and
+`--init_from=runs/A-s1` at seed 1 are one group. A group is labelled by its first folder's name without a
+trailing seed (`-s0`). `--metrics=GLOB,...` keeps only the metrics matching one of the patterns. Prints one
 table per phase (metrics down, groups across) and writes it to DIR/compare.md with DIR/compare.png (one
 panel per metric, a line per group over the phases, std as error bars). A missing folder, or a run that has
 not finished (no summary.json), is a one-line error and exit status 2.
@@ -11,9 +15,11 @@ not finished (no summary.json), is a one-line error and exit status 2.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import os
+import re
 import statistics
 import sys
 
@@ -37,28 +43,54 @@ def read_run(folder: str) -> tuple[dict, dict]:
     saved, summary = out
     if not isinstance(saved.get("config"), dict) or not isinstance(summary.get("phases"), list):
         raise ValueError(f"{folder}: config.json or summary.json is not a run's")
-    return saved["config"], summary
+    return saved["config"], summary  # a branch's init_from is the absolute checkpoint path (train/run.py)
+
+
+def experiment(config: dict, depth: int = 0) -> dict:
+    """The config without what seed repeats may differ in; `init_from` replaced by what it points at: the
+    parent run's own experiment when its config.json is beside the checkpoint (or in the folder), else the path."""
+    out = {k: v for k, v in config.items() if k not in IGNORED + ("init_from",)}
+    if config.get("init_from"):
+        path = config["init_from"]
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        parent = None
+        if depth < 16:  # a chain of branches, never a cycle in practice; the bound keeps a bad folder finite
+            try:
+                with open(os.path.join(folder, "config.json")) as f:
+                    parent = experiment(json.load(f)["config"], depth + 1)
+            except (OSError, ValueError, KeyError, TypeError):
+                parent = None
+        out["init_from"] = parent if parent is not None else path
+        if parent is not None and not os.path.isdir(path):
+            out["init_checkpoint"] = os.path.basename(path)  # which of the parent's checkpoints
+    return out
 
 
 def group(runs: list[str]) -> dict[str, list[tuple[str, dict]]]:
-    """{label: [(folder, summary), ...]}: runs with equal configs but for seed and out, in the order given."""
+    """{label: [(folder, summary), ...]}: runs of one experiment but for their seeds, in the order given."""
     groups: dict[str, list] = {}
     labels: dict[str, str] = {}
     for folder in runs:
         config, summary = read_run(folder)
-        key = json.dumps({k: v for k, v in config.items() if k not in IGNORED}, sort_keys=True)
-        labels.setdefault(key, os.path.basename(os.path.normpath(folder)))
+        key = json.dumps(experiment(config), sort_keys=True)
+        label = re.sub(r"-s\d+$", "", os.path.basename(os.path.normpath(folder)))
+        while label in groups and key not in labels:  # two experiments with the same folder stem
+            label += "'"
+        labels.setdefault(key, label)
         groups.setdefault(labels[key], []).append((folder, summary))
     return groups
 
 
-def table(groups: dict[str, list]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """{phase: {metric: {group: [value of each run]}}}, phases and metrics in the order first seen."""
+def table(groups: dict[str, list], patterns: list[str] | None = None) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """{phase: {metric: {group: [value of each run]}}}, phases and metrics in the order first seen; only the
+    metrics matching one of `patterns` (fnmatch globs) when given."""
     out: dict[str, dict] = {}
     for label, members in groups.items():
         for _, summary in members:
             for phase in summary["phases"]:
                 for metric, value in phase.get("eval", {}).items():
+                    if patterns and not any(fnmatch.fnmatchcase(metric, p) for p in patterns):
+                        continue
                     out.setdefault(phase["name"], {}).setdefault(metric, {}).setdefault(label, []).append(value)
     return out
 
@@ -115,13 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders (finished runs)")
     ap.add_argument("--out", default="compare", help="folder for compare.md and compare.png (default: compare)")
+    ap.add_argument("--metrics", default="", help="comma-separated globs of the metrics to show, e.g. 'task/*,drift/kl_*'")
     args = ap.parse_args(argv)
     try:
         groups = group(args.runs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = table(groups)
+    rows = table(groups, [p for p in args.metrics.split(",") if p])
     text = markdown(groups, rows)
     print(text, end="")
     os.makedirs(args.out, exist_ok=True)
