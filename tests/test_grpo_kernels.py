@@ -1,4 +1,5 @@
-"""kernels.grpo: group advantages, token weights, the GRPO policy loss from logits and fused with the LM head.
+"""kernels.group_advantages, and kernels.grpo: token weights, the GRPO policy loss from logits and fused with the
+LM head.
 
 CPU: tiny shapes, Triton under the interpreter, against autograd on the references and hand-derived values.
 GPU (marked): full shapes, bf16 judged three ways against fp32, and peak memory flat in N.
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from kernels.group_advantages import group_advantages
 from kernels.grpo import (
-    LOSS_TYPES, GRPOStats, grpo_fwd, grpo_loss, grpo_loss_reference, grpo_token_weights, group_advantages,
-    linear_grpo_loss,
+    LOSS_TYPES, GRPOStats, grpo_fwd, grpo_loss, grpo_loss_reference, grpo_token_weights, linear_grpo_loss,
 )
 from kernels.logprobs import linear_token_logprobs, token_logprobs, token_logprobs_reference
 from tests.helpers import assert_close
