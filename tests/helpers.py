@@ -1,4 +1,8 @@
 """Helpers shared by the test files."""
+import json
+import os
+import sys
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -48,3 +52,52 @@ def interrupt_at(monkeypatch, step: int) -> None:
         return original(self, phase)
 
     monkeypatch.setattr(train.loop.Trainer, "train_step", train_step)
+
+
+# -------------------------------------------------------------------------------- whole runs
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# smoke, with a pretraining phase long enough for a signal to land inside it and minimal evaluation; GRPO
+# reuses each rollout batch twice (mu=2) and keeps a reference (beta > 0), so its state is all in a checkpoint.
+# One thread, in this process and in subprocesses alike: a thread count can change how matmuls sum, and runs
+# in and out of this process are compared exactly.
+RUN = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "2", "log_every": "1", "pretrain.steps": "10",
+       "grpo.mu": "2", "grpo.beta": "0.1", "threads": "1"}
+PRETRAIN_END = 10  # smoke's phases: pretrain (set above), then 4 steps of sft and 4 of grpo
+PHASE_ENDS = (PRETRAIN_END, PRETRAIN_END + 4, PRETRAIN_END + 8)
+QUICK = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "2", "log_every": "1"}
+TIMING = {"ms", "tok_s", "mfu", "rollout_s", "rollout_tok_s", "seconds"}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, "train.py"), *args]
+
+
+def options(overrides: dict) -> list[str]:
+    return [f"--{k}={v}" for k, v in overrides.items()]
+
+
+def assert_same_run(a: str, b: str) -> None:
+    """Every logged metric and the summary of run folders a and b agree exactly, timings aside."""
+    def records(d):
+        with open(os.path.join(d, "metrics.jsonl")) as f:
+            return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+
+    def phases(d):
+        with open(os.path.join(d, "summary.json")) as f:
+            return [{k: v for k, v in p.items() if k not in TIMING} for p in json.load(f)["phases"]]
+
+    ra, rb = records(a), records(b)
+    assert [(r["kind"], r["step"]) for r in ra] == [(r["kind"], r["step"]) for r in rb]
+    for x, y in zip(ra, rb):
+        assert x == y, (x["step"], {k: (x.get(k), y.get(k)) for k in set(x) | set(y) if x.get(k) != y.get(k)})
+    assert phases(a) == phases(b)
+
+
+class Payload:
+    """Pickles as a call to os.system: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
