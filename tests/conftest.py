@@ -33,3 +33,12 @@ def straight(tmp_path_factory):
 def tok():
     """A small BPE tokenizer trained on arithmetic problems (vocab 300), for tests that need real token ids."""
     return Tokenizer.train(ArithmeticTask(digits=2).corpus(100), vocab_size=300)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The one GPU marker: a test marked `gpu` (pyproject.toml) is skipped where CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
