@@ -98,7 +98,7 @@ def assert_close(got, want, dtype: torch.dtype, name: str, quantity: str = "defa
         over = torch.where(bad, diff.nan_to_num(float("inf")), -1.0).flatten()
         worst = over.argmax().item()
         where = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), got.shape)) if got.dim() else ()
-        rel = (diff / want.abs()).nan_to_num(float("inf")).max().item()
+        rel = torch.where(diff > 0, diff / want.abs(), 0.0).nan_to_num(float("inf")).max().item()  # x/0 = inf
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {bad.numel()} elements differ; worst at {where}: got "
             f"{got.flatten()[worst].item():.6g}, want {want.flatten()[worst].item():.6g}; max abs error "
