@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from bench.common import CUDA, measure, sync
 from kernels.attention import attention, attention_reference
+from tests.helpers import assert_close
 
 
 def attention_flops(B: int, H: int, T: int, D: int, causal: bool, mode: str) -> float:
@@ -59,10 +60,7 @@ def test_attention_throughput(benchmark, T, D, causal, backend, mode):
     with torch.no_grad():
         got = forward().float()
         want = F.scaled_dot_product_attention(q, k, v, is_causal=causal).float()
-    tol = 2e-2 if DTYPE == torch.bfloat16 else 1e-4
-    err = (got - want).abs()
-    bad = (err > tol + tol * want.abs()).sum().item()
-    assert bad == 0, f"{backend}: {bad} of {err.numel()} outputs differ from SDPA, max |diff| {err.max().item():.3g}"
+    assert_close(got, want, DTYPE, f"{backend} output vs SDPA", "attention_output")
 
     # 2. Time. The backward re-runs on one retained graph; gradients are cleared in the (untimed) setup.
     if mode == "fwd":

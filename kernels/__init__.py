@@ -21,7 +21,8 @@ if not torch.cuda.is_available():
 
 from kernels.attention import attention  # noqa: E402
 from kernels.cross_entropy import cross_entropy  # noqa: E402
-from kernels.grpo import grpo_loss, grpo_token_weights, group_advantages, linear_grpo_loss  # noqa: E402
+from kernels.group_advantages import group_advantages  # noqa: E402
+from kernels.grpo import grpo_loss, grpo_token_weights, linear_grpo_loss  # noqa: E402
 from kernels.linear_cross_entropy import linear_cross_entropy  # noqa: E402
 from kernels.logprobs import linear_token_logprobs, token_logprobs  # noqa: E402
 

@@ -11,35 +11,9 @@ import torch.nn.functional as F
 from kernels._attention_common import autotune_configs
 from kernels.attention import (attention, attention_decode, attention_fwd, attention_reference,
                                doc_ids_from_cu_seqlens)
+from tests.helpers import assert_close, assert_lowp
 
-gpu = pytest.mark.gpu
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-# (atol, rtol) of the Triton path against the fp32 reference fed the same (rounded) inputs.
-TOL = {
-    torch.float32: (1e-4, 1e-4),
-    torch.float16: (2e-2, 2e-2),
-    torch.bfloat16: (6e-2, 6e-2),
-}
-# Low precision: kernel error vs fp32 <= LOWP_FACTOR · (torch's own error in that dtype) + LOWP_FLOOR.
-LOWP_FACTOR = 3.0
-LOWP_FLOOR = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
-
-
-def assert_close(name, got, want, atol, rtol):
-    got, want = got.float(), want.float()
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert torch.isfinite(got).all(), f"{name}: {(~torch.isfinite(got)).sum().item()} non-finite elements"
-    err = (got - want).abs()
-    bad = err > atol + rtol * want.abs()
-    if bad.any():
-        worst = err.argmax().item()
-        where = tuple(torch.unravel_index(torch.tensor(worst), err.shape))
-        raise AssertionError(
-            f"{name}: {bad.sum().item()} of {err.numel()} elements differ (atol={atol}, rtol={rtol}); "
-            f"worst at {tuple(int(i) for i in where)}: got {got.flatten()[worst].item():.6g}, "
-            f"want {want.flatten()[worst].item():.6g}, |diff| {err.max().item():.3g}")
 
 
 def make_inputs(B, H, Hkv, Tq, Tk, D, dtype=torch.float32, device=DEVICE, seed=0):
@@ -87,9 +61,8 @@ def run(q, k, v, do, backend, **kw):
 def check_against_reference(q, k, v, do, tol_dtype, **kw):
     o, dq, dk, dv = run(q, k, v, do, "triton", **kw)
     ro, rdq, rdk, rdv = run(q.float(), k.float(), v.float(), do.float(), "reference", **kw)
-    atol, rtol = TOL[tol_dtype]
     for name, got, want in (("out", o, ro), ("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv)):
-        assert_close(name, got, want, atol, rtol)
+        assert_close(got, want, tol_dtype, name, "attention")
 
 
 # ------------------------------------------------------------------------------ Triton vs reference, CPU sizes
@@ -137,7 +110,7 @@ def test_triton_honours_strides():
                         doc_ids=docs)
     ro, rdq, rdk, rdv = run(q, k, v, do, "reference", doc_ids=docs.contiguous())
     for name, got, want in (("out", o, ro), ("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv)):
-        assert_close(name, got, want, *TOL[torch.float32])
+        assert_close(got, want, torch.float32, name, "attention")
 
 
 def test_gqa_gradients_sum_over_group():
@@ -146,8 +119,8 @@ def test_gqa_gradients_sum_over_group():
     _, _, dk, dv = run(q, k, v, do, "triton")
     _, _, dk_rep, dv_rep = run(q, k.expand(1, 4, 19, 32).contiguous(), v.expand(1, 4, 19, 32).contiguous(), do,
                                "triton")
-    assert_close("dk", dk, dk_rep.sum(1, keepdim=True), *TOL[torch.float32])
-    assert_close("dv", dv, dv_rep.sum(1, keepdim=True), *TOL[torch.float32])
+    assert_close(dk, dk_rep.sum(1, keepdim=True), torch.float32, "dk", "attention")
+    assert_close(dv, dv_rep.sum(1, keepdim=True), torch.float32, "dv", "attention")
 
 
 def test_padding_does_not_leak_into_real_tokens():
@@ -158,7 +131,7 @@ def test_padding_does_not_leak_into_real_tokens():
     o1 = attention(q, k, v, doc_ids=docs, backend="triton")
     o2 = attention(q, torch.where(pad, 100.0, k), torch.where(pad, -100.0, v), doc_ids=docs, backend="triton")
     real = ~pad.expand_as(o1)
-    assert_close("real-token output", o2[real], o1[real], 0.0, 0.0)
+    assert_close(o2[real], o1[real], torch.float32, "real-token output", "exact")
 
 
 # ------------------------------------------------------------------------------ decode
@@ -176,22 +149,22 @@ def test_decode_matches_general_path(Tq, H, Hkv, num_splits):
         got = attention_decode(q, k, v, docs, causal, D ** -0.5, num_splits=num_splits)
         general, _ = attention_fwd(q, k, v, docs, causal, D ** -0.5)
         want = attention_reference(q, k, v, causal=causal, doc_ids=docs)
-        assert_close(f"decode vs general (causal={causal}, docs={docs is not None})", got, general,
-                     *TOL[torch.float32])
-        assert_close(f"decode vs reference (causal={causal}, docs={docs is not None})", got, want,
-                     *TOL[torch.float32])
+        assert_close(got, general, torch.float32, f"decode vs general (causal={causal}, docs={docs is not None})",
+                     "attention")
+        assert_close(got, want, torch.float32, f"decode vs reference (causal={causal}, docs={docs is not None})",
+                     "attention")
 
 
 def test_public_attention_routes_small_tq_to_decode_without_grad():
     q, k, v, do = make_inputs(1, 4, 2, 2, 37, 32)
     with torch.no_grad():
         fast = attention(q, k, v, backend="triton")
-    assert_close("no-grad decode", fast, attention_decode(q, k, v, None, True, 32 ** -0.5), 0.0, 0.0)
+    assert_close(fast, attention_decode(q, k, v, None, True, 32 ** -0.5), torch.float32, "no-grad decode", "exact")
     # With gradients required the same call goes through the general path and is differentiable.
     o, dq, dk, dv = run(q, k, v, do, "triton")
     ro, rdq, rdk, rdv = run(q, k, v, do, "reference")
     for name, got, want in (("out", o, ro), ("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv)):
-        assert_close(name, got, want, *TOL[torch.float32])
+        assert_close(got, want, torch.float32, name, "attention")
 
 
 # ------------------------------------------------------------------------------ compiled for a GPU
@@ -203,7 +176,7 @@ def test_fp32_runs_through_sdpa_when_compiled(monkeypatch):
     with pytest.raises(ValueError, match="fp16 or bf16"):
         attention_fwd(q, k, v, None, True, 32 ** -0.5)
     want = attention_reference(q, k, v, causal=True)
-    assert_close("fp32 via SDPA", attention(q, k, v, backend="triton"), want, *TOL[torch.float32])
+    assert_close(attention(q, k, v, backend="triton"), want, torch.float32, "fp32 via SDPA", "attention")
 
 
 def test_autotune_offers_each_head_dim_its_own_configs(monkeypatch):
@@ -227,13 +200,13 @@ def test_sdpa_backend_matches_reference(Tq, Tk, causal, docs):
     o, dq, dk, dv = run(q, k, v, do, "sdpa", **kw)
     ro, rdq, rdk, rdv = run(q, k, v, do, "reference", **kw)
     for name, got, want in (("out", o, ro), ("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv)):
-        assert_close(name, got, want, *TOL[torch.float32])
+        assert_close(got, want, torch.float32, name, "attention")
 
 
 def test_reference_matches_torch_sdpa():
     q, k, v, _ = make_inputs(2, 4, 2, 19, 19, 16)
     want = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True)
-    assert_close("reference", attention_reference(q, k, v), want, *TOL[torch.float32])
+    assert_close(attention_reference(q, k, v), want, torch.float32, "reference", "attention")
 
 
 def test_invalid_inputs_raise_with_shapes():
@@ -273,12 +246,11 @@ def test_cu_seqlens_docs_equal_separate_documents():
     packed = attention(q, k, v, doc_ids=docs, backend="triton")
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
         alone = attention_reference(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b])
-        assert_close(f"document [{a}, {b})", packed[:, :, a:b], alone, *TOL[torch.float32])
+        assert_close(packed[:, :, a:b], alone, torch.float32, f"document [{a}, {b})", "attention")
 
 
 # ------------------------------------------------------------------------------ GPU: full shapes, low precision
-@gpu
-@needs_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("T", [128, 1000, 4096])
 @pytest.mark.parametrize("H,Hkv,D", [(8, 8, 64), (8, 2, 128), (4, 4, 32)])
 @pytest.mark.parametrize("causal,docs", [(True, None), (False, None), (True, "packed")])
@@ -288,31 +260,25 @@ def test_gpu_fp32_full_shapes(T, H, Hkv, D, causal, docs):
     check_against_reference(q, k, v, do, torch.float32, causal=causal, doc_ids=make_docs(docs, 2, T))
 
 
-@gpu
-@needs_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("T", [256, 1531, 4096])
 @pytest.mark.parametrize("H,Hkv,D", [(8, 8, 64), (16, 4, 128)])
 @pytest.mark.parametrize("causal,docs", [(True, None), (False, None), (True, "padded")])
 def test_gpu_low_precision_three_ways(dtype, T, H, Hkv, D, causal, docs):
     """(1) kernel in `dtype` vs fp32 reference, (2) torch's SDPA in `dtype` vs the same fp32 reference,
-    (3) error (1) <= LOWP_FACTOR · error (2) + floor, for the output and every gradient."""
+    (3) error (1) <= factor · error (2) + floor (tests/helpers.py, TOLERANCES), for the output and every
+    gradient."""
     q, k, v, do = make_inputs(2, H, Hkv, T, T, D, dtype=dtype)
     kw = dict(causal=causal, doc_ids=make_docs(docs, 2, T))
     exact = run(q.float(), k.float(), v.float(), do.float(), "reference", **kw)
     ours = run(q, k, v, do, "triton", **kw)
     torch_lowp = run(q, k, v, do, "sdpa", **kw)
     for name, e, o, t in zip(("out", "dq", "dk", "dv"), exact, ours, torch_lowp):
-        assert torch.isfinite(o).all(), f"{name}: {(~torch.isfinite(o)).sum().item()} non-finite elements"
-        ours_err = (o.float() - e).abs().max().item()
-        torch_err = (t.float() - e).abs().max().item()
-        bound = LOWP_FACTOR * torch_err + LOWP_FLOOR[dtype]
-        assert ours_err <= bound, (f"{name} ({dtype}, T={T}, D={D}): kernel max error {ours_err:.3g} > "
-                                   f"{LOWP_FACTOR}·torch's {torch_err:.3g} + {LOWP_FLOOR[dtype]}")
+        assert_lowp(o, t, e, dtype, f"{name} (T={T}, D={D})", "attention")
 
 
-@gpu
-@needs_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])  # compiled, fp32 runs through SDPA
 @pytest.mark.parametrize("Tq", [1, 4, 16])
 @pytest.mark.parametrize("H,Hkv", [(16, 16), (32, 4)])
@@ -328,5 +294,5 @@ def test_gpu_decode_long_cache(dtype, Tq, H, Hkv):
             got = attention(q, k, v, backend="triton", **kw)
             general, _ = attention_fwd(q, k, v, kw.get("doc_ids"), True, D ** -0.5)
             want = attention_reference(q.float(), k.float(), v.float(), **kw)
-        assert_close("decode vs general", got, general, *TOL[dtype])
-        assert_close("decode vs reference", got, want, *TOL[dtype])
+        assert_close(got, general, dtype, "decode vs general", "attention")
+        assert_close(got, want, dtype, "decode vs reference", "attention")

@@ -11,48 +11,9 @@ import torch.nn.functional as F
 
 from kernels.cross_entropy import cross_entropy, cross_entropy_fwd, cross_entropy_reference
 from kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
-from tests.helpers import LargestAllocation
+from tests.helpers import LargestAllocation, assert_close, assert_lowp
 
-gpu = pytest.mark.gpu
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-
-# |got − want| <= atol + rtol·|want|, for results compared in (or against) the dtype named
-TOL = {
-    torch.float32: dict(atol=2e-5, rtol=2e-5),
-    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
-    torch.float16: dict(atol=2e-3, rtol=2e-3),
-}
-# low precision: the kernel's error vs fp32 may be at most this multiple of torch's own error (plus a floor)
-LOWP_FACTOR = 2.0
-
-
-def assert_close(got, want, name, dtype=torch.float32):
-    """Elementwise |got − want| <= atol + rtol·|want|, with a message that says how many, where, how much."""
-    got, want = got.detach().float().cpu(), want.detach().float().cpu()
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    tol = TOL[dtype]
-    diff = (got - want).abs()
-    bad = ~(diff <= tol["atol"] + tol["rtol"] * want.abs())  # NaN counts as bad
-    if bad.any():
-        flat = torch.where(bad.flatten(), diff.flatten().nan_to_num(float("inf")), -1.0).argmax().item()
-        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), got.shape)) if got.dim() else ()
-        raise AssertionError(
-            f"{name}: {int(bad.sum())} of {bad.numel()} elements differ beyond {tol}; worst at {idx}: "
-            f"got {got.flatten()[flat].item():.6g}, want {want.flatten()[flat].item():.6g}, "
-            f"|diff| {diff.flatten()[flat].item():.3g}")
-
-
-def assert_lowp(got, torch_lowp, want_fp32, name, floor=1e-6):
-    """Low precision judged three ways: kernel vs fp32, torch-in-that-dtype vs fp32, and their ratio."""
-    got, torch_lowp, want = (t.detach().float().cpu() for t in (got, torch_lowp, want_fp32))
-    assert torch.isfinite(got).all(), f"{name}: {int((~torch.isfinite(got)).sum())} non-finite elements"
-    err_kernel = (got - want).abs().max().item()
-    err_torch = (torch_lowp - want).abs().max().item()
-    assert err_kernel <= LOWP_FACTOR * err_torch + floor, (
-        f"{name}: kernel max |err| vs fp32 = {err_kernel:.3g} exceeds {LOWP_FACTOR} x torch's own "
-        f"{err_torch:.3g} (+{floor}); {int(((got - want).abs() > LOWP_FACTOR * err_torch + floor).sum())} "
-        f"of {got.numel()} elements over")
 
 
 def make_case(N, V, *, dtype=torch.float32, ignored=(), seed=0, scale=3.0, device=DEV):
@@ -95,16 +56,16 @@ def test_matches_reference_and_torch(N, V, reduction):
     dloss = upstream(reduction, N)
     loss, lse, grad = run_ce(ce_triton, logits, target, dloss, reduction=reduction)
     loss_r, lse_r, grad_r = run_ce(cross_entropy_reference, logits, target, dloss, reduction=reduction)
-    assert_close(loss, loss_r, f"loss V={V} {reduction}")
-    assert_close(lse, lse_r, f"lse V={V}")
-    assert_close(grad, grad_r, f"dlogits V={V} {reduction}")
+    assert_close(loss, loss_r, torch.float32, f"loss V={V} {reduction}")
+    assert_close(lse, lse_r, torch.float32, f"lse V={V}")
+    assert_close(grad, grad_r, torch.float32, f"dlogits V={V} {reduction}")
     # the reference itself against torch's built-in (which agrees with it when no target is all-ignored)
     leaf = logits.clone().requires_grad_()
     loss_t = F.cross_entropy(leaf, target, ignore_index=-100, reduction=reduction)
     (loss_t * dloss).sum().backward()
-    assert_close(loss, loss_t, f"loss vs F.cross_entropy V={V} {reduction}")
-    assert_close(grad, leaf.grad, f"dlogits vs F.cross_entropy V={V} {reduction}")
-    assert_close(lse, torch.logsumexp(logits, -1), f"lse vs torch.logsumexp V={V}")
+    assert_close(loss, loss_t, torch.float32, f"loss vs F.cross_entropy V={V} {reduction}")
+    assert_close(grad, leaf.grad, torch.float32, f"dlogits vs F.cross_entropy V={V} {reduction}")
+    assert_close(lse, torch.logsumexp(logits, -1), torch.float32, f"lse vs torch.logsumexp V={V}")
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
@@ -116,9 +77,9 @@ def test_softcap_and_z_loss(V, reduction):
     kw = dict(reduction=reduction, softcap=c, z_loss=w)
     loss, lse, grad = run_ce(ce_triton, logits, target, dloss, **kw)
     loss_r, lse_r, grad_r = run_ce(cross_entropy_reference, logits, target, dloss, **kw)
-    assert_close(loss, loss_r, "loss softcap+z_loss")
-    assert_close(lse, lse_r, "lse softcap")
-    assert_close(grad, grad_r, "dlogits softcap+z_loss")
+    assert_close(loss, loss_r, torch.float32, "loss softcap+z_loss")
+    assert_close(lse, lse_r, torch.float32, "lse softcap")
+    assert_close(grad, grad_r, torch.float32, "dlogits softcap+z_loss")
     # the reference written another way: F.cross_entropy on capped logits plus w·lse² on kept tokens
     leaf = logits.clone().requires_grad_()
     z = c * torch.tanh(leaf / c)
@@ -126,8 +87,8 @@ def test_softcap_and_z_loss(V, reduction):
     per_token = F.cross_entropy(z, target, reduction="none") + w * torch.logsumexp(z, -1) ** 2 * keep
     want = per_token if reduction == "none" else per_token.sum() / keep.sum()
     (want * dloss).sum().backward()
-    assert_close(loss, want, "loss vs capped F.cross_entropy + z-loss")
-    assert_close(grad, leaf.grad, "dlogits vs capped F.cross_entropy + z-loss")
+    assert_close(loss, want, torch.float32, "loss vs capped F.cross_entropy + z-loss")
+    assert_close(grad, leaf.grad, torch.float32, "dlogits vs capped F.cross_entropy + z-loss")
 
 
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
@@ -137,16 +98,16 @@ def test_inplace_backward(reduction):
     dloss = upstream(reduction, N)
     _, _, grad_r = run_ce(cross_entropy_reference, logits, target, dloss, reduction=reduction)
     _, _, grad = run_ce(ce_triton, logits, target, dloss, inplace=True, reduction=reduction)
-    assert_close(grad, grad_r, f"dlogits in place {reduction}")
+    assert_close(grad, grad_r, torch.float32, f"dlogits in place {reduction}")
     # and the logits buffer itself holds the gradient after the forward (for a scalar loss, before g)
     buf = logits.clone().requires_grad_()
     x = buf * 1.0
     loss = cross_entropy(x, target, reduction=reduction, inplace_backward=True, backend="triton")
     if reduction != "none":
         _, _, want = run_ce(cross_entropy_reference, logits, target, torch.tensor(1.0), reduction=reduction)
-        assert_close(x.detach(), want, f"logits buffer holds dlogits ({reduction})")
+        assert_close(x.detach(), want, torch.float32, f"logits buffer holds dlogits ({reduction})")
     (loss * dloss).sum().backward()
-    assert_close(buf.grad, grad_r, f"dlogits through the overwritten buffer {reduction}")
+    assert_close(buf.grad, grad_r, torch.float32, f"dlogits through the overwritten buffer ({reduction})")
 
 
 def test_ignored_rows_and_batches():
@@ -158,11 +119,11 @@ def test_ignored_rows_and_batches():
             loss, lse, grad = run_ce(fn, logits, all_ignored, upstream(reduction, N), reduction=reduction)
             assert torch.isfinite(loss).all() and (loss == 0).all(), f"{fn.__name__} {reduction}: loss {loss}"
             assert (grad == 0).all(), f"{fn.__name__} {reduction}: {int((grad != 0).sum())} nonzero gradients"
-            assert_close(lse, torch.logsumexp(logits, -1), "lse of ignored rows is still computed")
+            assert_close(lse, torch.logsumexp(logits, -1), torch.float32, "lse of ignored rows, still computed")
     # partly ignored: the mean divides by the kept tokens only; ignored rows get exactly 0 loss and gradient
     target[1] = target[3] = -100
     loss, _, grad = run_ce(ce_triton, logits, target, torch.tensor(1.0), reduction="mean")
-    assert_close(loss, F.cross_entropy(logits, target), "mean over kept tokens")
+    assert_close(loss, F.cross_entropy(logits, target), torch.float32, "mean over kept tokens")
     assert (grad[[1, 3]] == 0).all(), "ignored rows must have a zero gradient"
     per_token = cross_entropy(logits, target, reduction="none", backend="triton")
     assert (per_token[[1, 3]] == 0).all(), f"ignored rows must have 0 loss, got {per_token}"
@@ -176,8 +137,9 @@ def test_ignore_index_that_is_a_real_class():
     loss, _, grad = run_ce(ce_triton, logits, target, torch.tensor(1.0), reduction="mean", ignore_index=pad)
     leaf = logits.clone().requires_grad_()
     F.cross_entropy(leaf, target, ignore_index=pad).backward()
-    assert_close(loss, F.cross_entropy(logits, target, ignore_index=pad), "loss with ignore_index=3")
-    assert_close(grad, leaf.grad, "dlogits with ignore_index=3")
+    want = F.cross_entropy(logits, target, ignore_index=pad)
+    assert_close(loss, want, torch.float32, "loss with ignore_index=3")
+    assert_close(grad, leaf.grad, torch.float32, "dlogits with ignore_index=3")
 
 
 def test_split_invariance_of_normalisation():
@@ -188,7 +150,7 @@ def test_split_invariance_of_normalisation():
     n_kept = (target != -100).sum()
     parts = sum(cross_entropy(logits[s:s + 3], target[s:s + 3], reduction="sum", backend="triton")
                 for s in range(0, N, 3)) / n_kept
-    assert_close(parts, full, "micro-batched sum / kept tokens vs full mean")
+    assert_close(parts, full, torch.float32, "micro-batched sum / kept tokens vs full mean")
 
 
 def test_bad_target_raises_and_the_kernel_alone_writes_nan():
@@ -228,8 +190,9 @@ def test_no_grad_computes_no_gradient():
         h, w, t = make_linear_case(9, 8, 40)
         lin = linear_cross_entropy(h.requires_grad_(), w.requires_grad_(), t, chunk_size=4, backend="triton")
     assert torch.equal(x.detach(), logits), "logits were overwritten under torch.no_grad"
-    assert_close(loss, F.cross_entropy(logits, target), "loss under no_grad")
-    assert_close(lin, linear_cross_entropy_reference(h.detach(), w.detach(), t), "linear loss under no_grad")
+    assert_close(loss, F.cross_entropy(logits, target), torch.float32, "loss under no_grad")
+    assert_close(lin, linear_cross_entropy_reference(h.detach(), w.detach(), t), torch.float32,
+                 "linear loss under no_grad")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -244,9 +207,9 @@ def test_low_precision_small(dtype):
     torch_loss = F.cross_entropy(leaf, target, reduction="none")
     (torch_loss * dloss.to(dtype)).sum().backward()
     assert grad.dtype == dtype and loss.dtype == torch.float32
-    assert_lowp(loss, torch_loss, want_loss, f"loss {dtype}")
-    assert_close(lse, want_lse, f"lse {dtype}")  # both from the same rounded logits, fp32 math
-    assert_lowp(grad, leaf.grad, want_grad, f"dlogits {dtype}")
+    assert_lowp(loss, torch_loss, want_loss, dtype, f"loss {dtype}")
+    assert_close(lse, want_lse, torch.float32, f"lse {dtype}")  # the same rounded logits, fp32 math on both
+    assert_lowp(grad, leaf.grad, want_grad, dtype, f"dlogits {dtype}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,15 +245,15 @@ def test_linear_matches_reference(reduction, extras):
     kw = dict(reduction=reduction, **extras)
     loss, dh, dw = run_lce(lce_triton, hidden, weight, target, dloss, chunk_size=C, **kw)
     loss_r, dh_r, dw_r = run_lce(linear_cross_entropy_reference, hidden, weight, target, dloss, **kw)
-    assert_close(loss, loss_r, f"loss {reduction}")
-    assert_close(dh, dh_r, f"dhidden {reduction}")
-    assert_close(dw, dw_r, f"dweight {reduction}")
+    assert_close(loss, loss_r, torch.float32, f"loss {reduction}")
+    assert_close(dh, dh_r, torch.float32, f"dhidden {reduction}")
+    assert_close(dw, dw_r, torch.float32, f"dweight {reduction}")
     if not extras:
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
         loss_t = F.cross_entropy(F.linear(h, w), target, reduction=reduction)
         (loss_t * dloss).sum().backward()
-        assert_close(loss, loss_t, f"loss vs F.cross_entropy(F.linear) {reduction}")
-        assert_close(dw, w.grad, f"dweight vs F.cross_entropy(F.linear) {reduction}")
+        assert_close(loss, loss_t, torch.float32, f"loss vs F.cross_entropy(F.linear) {reduction}")
+        assert_close(dw, w.grad, torch.float32, f"dweight vs F.cross_entropy(F.linear) {reduction}")
 
 
 def test_linear_chunk_size_invariance_and_all_ignored():
@@ -301,7 +264,7 @@ def test_linear_chunk_size_invariance_and_all_ignored():
     for C in (1, 5, 64):
         for got, want, name in zip(run_lce(lce_triton, hidden, weight, target, dloss, chunk_size=C), ref,
                                    ("loss", "dhidden", "dweight")):
-            assert_close(got, want, f"{name} chunk_size={C} vs one chunk")
+            assert_close(got, want, torch.float32, f"{name} chunk_size={C} vs one chunk")
     none = torch.full_like(target, -100)
     for reduction in ("mean", "sum", "none"):
         loss, dh, dw = run_lce(lce_triton, hidden, weight, none, upstream(reduction, N), chunk_size=4,
@@ -338,16 +301,15 @@ def test_linear_autocast_fp32_weight():
     hb, wb = hidden.bfloat16().requires_grad_(), weight.bfloat16().requires_grad_()
     loss_t = F.cross_entropy(F.linear(hb, wb).float(), target)
     loss_t.backward()
-    assert_lowp(loss, loss_t, loss_r, "autocast loss")
-    assert_lowp(h.grad, hb.grad, dh_r, "autocast dhidden")
-    assert_lowp(w.grad, wb.grad, dw_r, "autocast dweight")
+    assert_lowp(loss, loss_t, loss_r, torch.bfloat16, "autocast loss")
+    assert_lowp(h.grad, hb.grad, dh_r, torch.bfloat16, "autocast dhidden")
+    assert_lowp(w.grad, wb.grad, dw_r, torch.bfloat16, "autocast dweight")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # CUDA: full shapes, every dtype, peak memory
 # ----------------------------------------------------------------------------------------------------------
-@gpu
-@needs_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("inplace", [False, True])
@@ -360,19 +322,18 @@ def test_gpu_full_shapes(V, inplace, reduction, dtype):
     want_loss, want_lse, want_grad = run_ce(cross_entropy_reference, logits.float(), target, dloss,
                                             reduction=reduction)
     if dtype == torch.float32:
-        assert_close(loss, want_loss, "loss fp32", torch.float32)
-        assert_close(grad, want_grad, "dlogits fp32", torch.float32)
+        assert_close(loss, want_loss, torch.float32, "loss fp32", "cross_entropy")
+        assert_close(grad, want_grad, torch.float32, "dlogits fp32", "cross_entropy")
     else:
         leaf = logits.clone().requires_grad_()
         torch_loss = F.cross_entropy(leaf, target, reduction=reduction)
         (torch_loss * dloss.to(dtype)).sum().backward()
-        assert_lowp(loss, torch_loss, want_loss, f"loss {dtype}")
-        assert_lowp(grad, leaf.grad, want_grad, f"dlogits {dtype}")
-    assert_close(lse, want_lse, f"lse {dtype}", torch.float32)
+        assert_lowp(loss, torch_loss, want_loss, dtype, f"loss {dtype}")
+        assert_lowp(grad, leaf.grad, want_grad, dtype, f"dlogits {dtype}")
+    assert_close(lse, want_lse, torch.float32, f"lse {dtype}", "cross_entropy")
 
 
-@gpu
-@needs_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float32], ids=["bf16-weight", "fp32-weight"])
 def test_gpu_linear_bf16(w_dtype, reduction):
@@ -388,11 +349,10 @@ def test_gpu_linear_bf16(w_dtype, reduction):
     loss_t = F.cross_entropy(F.linear(h, w), target, reduction=reduction)
     (loss_t * dloss.to(loss_t.dtype)).sum().backward()
     for got, tb, ref, name in zip((loss, dh, dw), (loss_t, h.grad, w.grad), want, ("loss", "dhidden", "dweight")):
-        assert_lowp(got, tb, ref, f"{name} bf16 hidden, {w_dtype} weight, {reduction}")
+        assert_lowp(got, tb, ref, torch.bfloat16, f"{name} bf16 hidden, {w_dtype} weight, {reduction}")
 
 
-@gpu
-@needs_cuda
+@pytest.mark.gpu
 def test_gpu_linear_autocast_and_flat_memory():
     d, V = 2048, 131072
     weight = (torch.randn(V, d, device="cuda") / math.sqrt(d)).requires_grad_()  # fp32 master weight

@@ -20,11 +20,11 @@ are summed over ranks (once, on the last micro-batch; the others run under `no_s
 objective's metrics, which are shares too (one all-reduce). Clipping then sees the same gradients, hence the
 same norm, on every rank. Rank 0 alone logs, evaluates (the others wait) and writes checkpoints.
 
-Faults: before each optimiser step the loop checks the step's loss and gradient norm. If either is NaN or
-inf it skips the update (the batch is not retried: step counter, LR schedule and data position move on),
-prints which tensor went bad, and counts the step (`skipped` in the log line, the phase stats and
-summary.json); after `optim.max_bad_steps` such steps in a row it saves a checkpoint and stops with
-NumericalError.
+Faults (train/faults.py): before each optimiser step the loop checks the step's loss and gradient norm. If
+either is NaN or inf it skips the update (the batch is not retried: step counter, LR schedule and data
+position move on), prints which tensor went bad, and counts the step (`skipped` in the log line, the phase
+stats of train/phase_stats.py and summary.json); after `optim.max_bad_steps` such steps in a row it saves a
+checkpoint and stops with NumericalError.
 
 Interruption (train/signals.py): while `run` trains, a SIGINT or SIGTERM only takes note. The loop looks
 after each whole step, saves a checkpoint, and raises Interrupted.
@@ -32,7 +32,6 @@ after each whole step, saves a checkpoint, and raises Interrupted.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 
 import torch
@@ -41,7 +40,9 @@ from model.gpt import GPT
 from train import checkpoint, distributed, rundir
 from train.config import RunConfig
 from train.distributed import SINGLE, Dist
+from train.faults import step_fault
 from train.optim import lr_factor, make_optimizer
+from train.phase_stats import count_step, phase_result
 from train.phases import Phase
 from train.report import RunLog
 from train.signals import Interrupted, StopOnSignal
@@ -140,7 +141,7 @@ class Trainer:
         metrics, tokens, norm, grads = self._backward(phase, micro_batches)
         total_loss, grad_norm = metrics.pop("total_loss"), metrics.pop("grad_norm")
         metrics |= phase.source.metrics() | {"grad_norm": grad_norm}
-        skipped = self._update(p, _fault(total_loss, grad_norm, grads), norm)  # checked before any update
+        skipped = self._update(p, step_fault(total_loss, grad_norm, grads), norm)  # checked before any update
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # host sync: the step's time includes its queued kernels
         dt = time.perf_counter() - t0
@@ -233,12 +234,7 @@ class Trainer:
     def _run_step(self, phase: Phase, log: RunLog) -> None:
         """One step and its bookkeeping: stats, log line, and when due evaluation and a checkpoint."""
         record = self.train_step(phase)
-        s = self.stats.setdefault(phase.cfg.name, {"steps": 0, "tokens": 0, "seconds": 0.0, "skipped": 0})
-        s["steps"] += 1
-        s["tokens"] += record["tokens"]
-        s["seconds"] += record["ms"] / 1000
-        s["final_loss"] = record["loss"]
-        s["skipped"] += record["skipped"]
+        s = count_step(self.stats, phase.cfg.name, record)
         i = self.step - phase.start
         if self.step % self.cfg.log_every == 0 or self.step == phase.end:
             log.write(record)
@@ -246,7 +242,7 @@ class Trainer:
         log.progress(self.step, phase.cfg.name)
         if self.step == phase.end:  # every held-out set, so the table shows what each phase gained and lost
             result = self.evaluate(list(self.evaluators), phase.cfg.name, log)
-            self.phase_results.append(_phase_result(phase, s, result))
+            self.phase_results.append(phase_result(phase, s, result))
             self.save(phase_end=phase.cfg.name)
         else:
             if phase.cfg.eval_every and i % phase.cfg.eval_every == 0:
@@ -258,21 +254,3 @@ class Trainer:
         if self.saved_at != self.step:
             self.save()
 
-
-def _fault(loss: float, norm: float, grads: list[tuple[str, torch.Tensor]]) -> str | None:
-    """What went bad in a step: the loss, else the first parameter whose gradient is not finite (else the
-    norm itself, which can overflow while every gradient is finite); None when nothing did."""
-    if not math.isfinite(loss):
-        return f"the loss is {loss}"
-    if math.isfinite(norm):
-        return None
-    name = next((n for n, g in grads if not torch.isfinite(g).all()), None)
-    return f"the gradient of {name} is not finite" if name else f"the gradient norm is {norm}"
-
-
-def _phase_result(phase: Phase, s: dict, evals: dict) -> dict:
-    return {
-        "name": phase.cfg.name, "objective": phase.cfg.objective, "steps": phase.cfg.steps,
-        "tokens": s["tokens"], "seconds": s["seconds"], "tok_s": s["tokens"] / max(s["seconds"], 1e-9),
-        "final_loss": s["final_loss"], "skipped": s.get("skipped", 0), "eval": evals,
-    }

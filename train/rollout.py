@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels import group_advantages, grpo_token_weights
-from kernels.grpo import GroupAdvantages
+from kernels.group_advantages import GroupAdvantages
 from model.gpt import GPT
 from model.sampler import generate
 from train import distributed
