@@ -42,3 +42,11 @@ def test_a_phase_with_one_logged_step_is_drawn():
     sft = next(line for line in fig.axes[0].get_lines() if line.get_label() == "sft")
     assert len(sft.get_xdata()) == 1 and sft.get_marker() not in (None, "None", "", " ")
     plt.close(fig)
+
+
+def test_a_run_of_rl_phases_only_draws_the_reward_panel_without_warnings(recwarn):
+    fig = loss_figure([r for r in records() if r["phase"] == "grpo"])
+    assert [ax.get_title() for ax in fig.axes] == ["RL reward"]
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["grpo"]
+    assert not [w for w in recwarn if "artists" in str(w.message)], [str(w.message) for w in recwarn]
+    plt.close(fig)

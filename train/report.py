@@ -189,19 +189,25 @@ def loss_figure(records: list[dict]):
     train = [r for r in records if r["kind"] == "train"]
     phases = list(dict.fromkeys(r["phase"] for r in train))
     rl = [p for p in phases if any("reward" in r for r in train if r["phase"] == p)]  # plotted by reward
-    fig, axes = plt.subplots(1, 1 + bool(rl), figsize=(8 + 5 * bool(rl), 4.5), squeeze=False)
+    panels = [kind for kind, some in (("loss", len(rl) < len(phases)), ("reward", rl)) if some] or ["loss"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 + 5 * (len(panels) - 1), 4.5), squeeze=False)
+    ax_of = {kind: axes[0, i] for i, kind in enumerate(panels)}
     for name in phases:
-        pts = [(r["step"], r["reward"] if name in rl else r["loss"]) for r in train if r["phase"] == name]
-        axes[0, int(name in rl)].plot(*zip(*pts), label=name, marker="o" if len(pts) == 1 else None)
-    axes[0, 0].set(xlabel="step", ylabel="train loss", title="training loss", yscale="log")
-    plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # 5.7, not 5.7×10⁰
-    axes[0, 0].yaxis.set_major_formatter(plain)
-    axes[0, 0].yaxis.set_minor_formatter(plain)
-    if rl:
-        axes[0, 1].set(xlabel="step", ylabel="mean reward of the rollouts", title="RL reward")
+        key = "reward" if name in rl else "loss"
+        pts = [(r["step"], r[key]) for r in train if r["phase"] == name]
+        ax_of[key].plot(*zip(*pts), label=name, marker="o" if len(pts) == 1 else None)
+    if "loss" in ax_of:
+        ax = ax_of["loss"]
+        ax.set(xlabel="step", ylabel="train loss", title="training loss", yscale="log")
+        plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # 5.7, not 5.7×10⁰
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+    if "reward" in ax_of:
+        ax_of["reward"].set(xlabel="step", ylabel="mean reward of the rollouts", title="RL reward")
     for ax in axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
