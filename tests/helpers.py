@@ -163,7 +163,8 @@ RUN = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "2", "log_eve
        "grpo.mu": "2", "grpo.beta": "0.1", "threads": "1"}
 PRETRAIN_END = 10  # smoke's phases: pretrain (set above), then 4 steps of sft and 4 of grpo
 PHASE_ENDS = (PRETRAIN_END, PRETRAIN_END + 4, PRETRAIN_END + 8)
-QUICK = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "2", "log_every": "1"}
+# the least evaluation a run can do, on one thread (RUN says why); tests add what they need: QUICK | {...}
+QUICK = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "2", "log_every": "1", "threads": "1"}
 TIMING = {"ms", "tok_s", "mfu", "rollout_s", "rollout_tok_s", "seconds"}
 
 

@@ -16,7 +16,9 @@ from train.cli import main
 from train.config import apply_overrides, load_preset
 from train.run import run
 
-QUICK = {"task.eval_problems": "2", "task.pass_k": "1", "eval_rows": "2", "log_every": "1"}
+from tests import helpers
+
+QUICK = helpers.QUICK | {"task.pass_k": "1"}
 
 
 def tiny() -> GPT:

@@ -5,14 +5,14 @@ import os
 import pytest
 
 import train.run
-from tests.helpers import interrupt_at
+from tests.helpers import QUICK as QUICK_OPTIONS, interrupt_at, options
 from train.cli import main
 from train.config import load_preset
 from train.grpo import GRPOOptions
 from train.kind import PhaseConfig
 from train.schedule import compose
 
-QUICK = ["--task.eval_problems=2", "--task.pass_k=0", "--eval_rows=2", "--log_every=1", "--threads=1"]
+QUICK = options(QUICK_OPTIONS)
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ import sys
 
 from train import checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["--task.eval_problems=2", "--task.pass_k=0", "--eval_rows=2", "--log_every=1", "--threads=1"]
+from tests import helpers
+from tests.helpers import ROOT, options
+
+QUICK = options(helpers.QUICK)
 
 # torch.save of the third checkpoint writes part of the file, then fails as torch does on a full disk: a
 # RuntimeError from its zip writer, raised from the OSError of the write

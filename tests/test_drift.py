@@ -12,7 +12,9 @@ from train.config import apply_overrides, load_preset
 from train.drift import mean_kl, relative_distance
 from train.run import run
 
-QUICK = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "4", "log_every": "1", "threads": "1"}
+from tests import helpers
+
+QUICK = helpers.QUICK | {"eval_rows": "4"}
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,10 @@ from train.cli import main
 from train.config import apply_overrides, load_preset
 from train.tasks import REWARDS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["--task.eval_problems=2", "--task.pass_k=0", "--eval_rows=2", "--log_every=1"]
+from tests import helpers
+from tests.helpers import ROOT, options
+
+QUICK = options(helpers.QUICK)
 
 
 def error_of(capsys, argv) -> str:

@@ -13,13 +13,13 @@ from train.report import eval_figure, eval_groups, print_summary
 from train.run import run
 from train.tasks import carries, split_of
 
-from tests.helpers import interrupt_at
+from tests.helpers import QUICK as QUICK_RUN, interrupt_at
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tests.test_distributed import CFG, assert_same_run, dense_reward, metrics, two_ranks  # noqa: F401
 
-QUICK = {"task.eval_problems": "3", "task.pass_k": "2", "eval_rows": "2", "log_every": "1", "threads": "1"}
+QUICK = QUICK_RUN | {"task.eval_problems": "3", "task.pass_k": "2"}
 SETS = "long:digits=4/carry:carries=2-/mul:ops=*"  # smoke's task section: digits=2, ops=+-
 VARIANT = {"sft.task": "ops=*,digits=1-2,direct=0,carries=1-", "grpo.task": "ops=-,digits=2", "sft.examples": "3",
            "pretrain.examples": "5", "grpo.examples": "2"}

@@ -16,10 +16,9 @@ from train.config import apply_overrides, load_preset
 from train.resume import RESUMABLE
 from train.run import run
 
-from tests.helpers import interrupt_at
+from tests.helpers import QUICK, interrupt_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "2", "log_every": "1", "threads": "1"}
 
 
 def error_of(capsys, argv) -> str:

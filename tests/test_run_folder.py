@@ -18,18 +18,8 @@ from train.config import apply_overrides, load_preset
 from train.rundir import RunDirError
 from train.run import run
 
-from tests.helpers import interrupt_at
+from tests.helpers import QUICK, ROOT, cli, interrupt_at, options
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "2", "log_every": "1", "threads": "1"}
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, os.path.join(ROOT, "train.py"), *args]
-
-
-def options(overrides: dict) -> list[str]:
-    return [f"--{k}={v}" for k, v in overrides.items()]
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:

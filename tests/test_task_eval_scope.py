@@ -4,7 +4,7 @@ import pytest
 from train.config import apply_overrides, load_preset
 from train.run import run
 
-QUICK = {"task.eval_problems": "2", "task.pass_k": "0", "eval_rows": "2", "log_every": "1", "threads": "1"}
+from tests.helpers import QUICK
 
 
 @pytest.fixture
