@@ -58,7 +58,7 @@ def test_a_kind_may_repeat_and_phases_may_reorder():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("pretrain:dpo", "error: --phases item 'pretrain:dpo': unknown objective 'dpo'; objectives: pretrain, sft, grpo"),
+    ("pretrain:dpo", "error: --phases item 'pretrain:dpo': unknown objective 'dpo'; objectives: pretrain, sft, grpo, rlp"),
     ("a:sft,a:grpo", "error: --phases names phase 'a' twice; each phase needs its own name (e.g. cpt:pretrain "
                      "for a second pretraining phase)"),
     (":sft", "error: --phases item ':sft' has an empty phase name; e.g. --phases=pretrain:pretrain,sft:sft,grpo:grpo"),

@@ -54,7 +54,7 @@ def test_a_knob_is_set_through_its_phase_or_its_section():
 
 
 def test_a_knob_of_another_kind_is_an_error():
-    with pytest.raises(ConfigError, match="--pretrain.eps_high: eps_high is an option of grpo objectives, and "
+    with pytest.raises(ConfigError, match="--pretrain.eps_high: eps_high is an option of grpo and rlp objectives, and "
                                           "phase pretrain trains pretrain"):
         apply_overrides(load_preset("smoke"), {"pretrain.eps_high": "0.3"})
     cfg = load_preset("smoke")

@@ -36,7 +36,7 @@ def test_the_help_of_a_knob_is_its_comment(capsys):
     out = capsys.readouterr().out
     assert re.search(r"--grpo.eps_high=0.28 +ratio clipped above at 1 \+ eps_high", out)
     assert re.search(r"--pretrain.mix=\S+ +embedded pretraining documents", out)
-    assert re.search(r"--sft.objective=sft +what the phase optimises \[pretrain \| sft \| grpo\]", out)
+    assert re.search(r"--sft.objective=sft +what the phase optimises \[pretrain \| sft \| grpo \| rlp\]", out)
 
 
 def test_config_holds_a_phase_only_its_kinds_options():

@@ -80,4 +80,4 @@ def test_registering_a_taken_name_is_refused():
 
 def test_an_unknown_kind_is_a_one_line_error(tmp_path, capsys):
     assert main(["--preset=smoke", f"--out={tmp_path / 'r'}", "--sft.objective=dpo"]) == 2
-    assert capsys.readouterr().err.strip() == "error: sft.objective='dpo': allowed values are pretrain, sft, grpo"
+    assert capsys.readouterr().err.strip() == "error: sft.objective='dpo': allowed values are pretrain, sft, grpo, rlp"

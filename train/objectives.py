@@ -16,11 +16,11 @@ module given with --import.
 """
 from __future__ import annotations
 
-from train import grpo, supervised
+from train import grpo, rlp, supervised
 from train.kind import ObjectiveKind, PhaseConfig
 from train.settings import ConfigError, build
 
-KINDS: dict[str, ObjectiveKind] = {k.name: k for k in (supervised.PRETRAIN, supervised.SFT, grpo.GRPO)}
+KINDS: dict[str, ObjectiveKind] = {k.name: k for k in (supervised.PRETRAIN, supervised.SFT, grpo.GRPO, rlp.RLP)}
 
 
 def register(kind: ObjectiveKind) -> ObjectiveKind:
