@@ -18,17 +18,18 @@ Per rollout batch (every `mu` steps):
        phase starts) scored once, micro-batch by micro-batch, with the same function and the same
        micro-batch shapes as the training pass, so on the first pass the ratio is exactly 1
     7. the rollout metrics (reward, accuracy, pass@G, zero_std, length, truncated, empty, ... and, when their
-       variant is on, length_penalty, overlong_masked, dropped_groups, extra_draws), which the source reports itself (`metrics()`) and the loop logs beside the objective's
+       variant is on, length_penalty, overlong_masked, dropped_groups, extra_draws), which the source reports
+       itself (`metrics()`) and the loop logs beside the objective's
 Then `mu` optimiser steps reuse that batch (the objective: train/grpo.py). The whole batch is packed on the
 CPU and moved to the model's device once; its micro-batches are views of it.
 
 Data parallel (train/distributed.py): a step's P prompts are the global indices [cursor, cursor + P) and
 rank r samples the groups of its contiguous share of them, so a group never spans ranks and advantages stay
 local. Dynamic sampling draws its refills from the same global prompt order (train/refill.py), so the groups
-a step trains on do not depend on the world size either. Completion j of prompt i is sampled from its own seed (run seed, phase, i, j), so it is the same at
-any world size. The totals behind the token weights (completions, completion tokens, longest row) and the
-rollout metrics are all-reduced, so a rank's weights and loss are its share of the global ones; old and
-reference log-probs are scored locally.
+a step trains on do not depend on the world size either. Completion j of prompt i is sampled from its own
+seed (run seed, phase, i, j), so it is the same at any world size. The totals behind the token weights
+(completions, completion tokens, longest row) and the rollout metrics are all-reduced, so a rank's weights
+and loss are its share of the global ones; old and reference log-probs are scored locally.
 """
 from __future__ import annotations
 
