@@ -36,6 +36,22 @@ chunk the log-probs (as rollout scoring does, so the two agree bitwise), the per
 and overwrites the chunk's logits with ∂loss/∂logits, which the head pushes into ∂hidden, ∂W at once;
 backward only scales those by the upstream scalar: three matmuls (6·N·d·V FLOPs), peak memory flat in N.
 
+Sequence-level importance (GSPO: Zheng et al. 2025, "Group Sequence Policy Optimization"; TRL's
+`importance_sampling_level="sequence"`), `importance="sequence"` with `seq_ids` (N,) naming each token's
+sequence: one ratio per sequence i, the geometric mean of its token ratios over its tokens with w ≠ 0,
+
+    s_i     = exp(Σ_{t∈i} (logp_t − old_logp_t) / |i|)        (float64 segment sums; |i| ≥ 1 by a clamp)
+    surr_t  = min(s_i·A_t, clamp(s_i, 1 − eps_low, 1 + eps_high)·A_t)    for every token t of sequence i
+
+and loss_t, loss as above (the KL stays per token). Its gradient is autograd's through that formula:
+∂loss/∂logp_t = −(Σ_{t'∈i} w_t'·A_t')·s_i·[unclipped_i] / |i| + beta·w_t·(1 − exp(ref − logp)), so every
+token of a sequence shares one policy-gradient coefficient. That coefficient needs every token's logp of the
+sequence before any chunk's ∂logits can be written, which the one-pass fused step below cannot know. So the
+sequence level runs in two stages on every backend: the log-probs through `token_logprobs` /
+`linear_token_logprobs` (on "triton" the same fused kernels that score rollouts, so the first-pass ratio is
+still exactly 1), then this O(N) formula in PyTorch on the (N,) vectors; autograd carries ∂loss/∂logp back
+through the log-prob head, whose backward recomputes each chunk's logits: 8·N·d·V FLOPs instead of 6.
+
 Stats (detached fp32 scalars, summed over tokens with w > 0, so that micro-batches and ranks add them up):
 tokens (count), kl_sum (Σ kl; None without ref_logp), low_clipped / high_clipped (counts of tokens whose
 clipped branch is active as defined above), entropy_sum (Σ entropy of the temperature-scaled
@@ -51,7 +67,11 @@ from torch import Tensor
 from kernels._checks import LOSS_TYPES, grpo_loss_args, linear_grpo_loss_args, token_weights_args
 from kernels._dispatch import interpreting, use_triton
 from kernels._head import autocast_inputs, needs_graph, run_head
-from kernels.logprobs import token_logprobs_bwd, token_logprobs_fwd, token_logprobs_reference
+from kernels.logprobs import (
+    linear_token_logprobs, token_logprobs, token_logprobs_bwd, token_logprobs_fwd, token_logprobs_reference,
+)
+
+IMPORTANCE = ("token", "sequence")  # the ratio's level: per token (GRPO), per sequence (GSPO)
 
 
 @dataclass
@@ -90,9 +110,21 @@ class _Tokens:
 # ----------------------------------------------------------------------------------------------------------
 # References
 # ----------------------------------------------------------------------------------------------------------
-def grpo_loss_reference(logp, old_logp, ref_logp, advantages, weights, *, eps_low, eps_high, beta):
-    """fp32 PyTorch GRPO loss Σ_t w_t·loss_t from per-token log-probs; differentiable in logp.
-    Returns (loss, GRPOStats) with entropy_sum None."""
+def _sequence_mean(x, active, seq_ids):
+    """Each token's sequence mean of x over the sequence's active tokens (N,): float64 segment sums, so the
+    order the index_add visits tokens in barely matters; a sequence with no active token gets 0."""
+    n = x.numel()
+    total = torch.zeros(n, dtype=torch.float64, device=x.device).index_add(0, seq_ids, (x * active).double())
+    count = torch.zeros(n, dtype=torch.float64, device=x.device).index_add(0, seq_ids, active.double())
+    return (total / count.clamp_min(1)).to(x.dtype)[seq_ids]
+
+
+def grpo_loss_reference(logp, old_logp, ref_logp, advantages, weights, *, eps_low, eps_high, beta,
+                        importance="token", seq_ids=None):
+    """fp32 PyTorch GRPO loss Σ_t w_t·loss_t from per-token log-probs; differentiable in logp. importance
+    "sequence" (GSPO) takes seq_ids (N,), int64 in [0, N): each token's sequence. Returns (loss, GRPOStats)
+    with entropy_sum None."""
+    _importance_args(importance, seq_ids, logp)
     if ref_logp is None and beta != 0:
         raise ValueError(f"beta={beta} needs ref_logp")
     logp = logp.float()
@@ -101,7 +133,10 @@ def grpo_loss_reference(logp, old_logp, ref_logp, advantages, weights, *, eps_lo
     # inactive tokens get inputs that make every term finite (ratio 1, kl 0), so no inf·0 reaches the sum
     old = logp.detach() if old_logp is None else torch.where(active, old_logp.float(), logp.detach())
     adv = torch.where(active, advantages.float(), torch.zeros_like(w))
-    ratio = torch.exp(logp - old)
+    log_ratio = logp - old
+    if importance == "sequence":
+        log_ratio = _sequence_mean(log_ratio, active, seq_ids)
+    ratio = torch.exp(log_ratio)
     surr = torch.min(ratio * adv, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv)
     loss_t = -surr
     kl_sum = None
@@ -303,14 +338,53 @@ def grpo_token_weights(mask, loss_type: str, *, num_sequences: int, num_tokens: 
     return m / (total(num_sequences) * max_len)
 
 
+def _importance_args(importance, seq_ids, like):
+    """importance is one of IMPORTANCE; "sequence" needs seq_ids: int64 of like's shape, on its device."""
+    if importance not in IMPORTANCE:
+        raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
+    if importance == "token":
+        if seq_ids is not None:
+            raise ValueError('seq_ids is for importance="sequence"; got it with importance="token"')
+        return
+    if seq_ids is None:
+        raise ValueError('importance="sequence" needs seq_ids, the sequence index of each token')
+    if seq_ids.dtype != torch.int64 or seq_ids.shape != like.shape or seq_ids.device != like.device:
+        raise ValueError(f"seq_ids must be int64 of shape {tuple(like.shape)} on {like.device}, got "
+                         f"{seq_ids.dtype} of shape {tuple(seq_ids.shape)} on {seq_ids.device}")
+    if seq_ids.numel() and not (0 <= int(seq_ids.min()) and int(seq_ids.max()) < seq_ids.numel()):
+        raise ValueError(f"seq_ids must lie in [0, {seq_ids.numel()}) (one id per sequence, at most one per "
+                         f"token), got [{int(seq_ids.min())}, {int(seq_ids.max())}]")
+
+
+def _sequence_level(out, old_logp, ref_logp, advantages, weights, seq_ids, *, eps_low, eps_high, beta,
+                    return_entropy):
+    """GSPO's second stage (module docstring): the reference formula on the (N,) log-probs `out` (logp, or
+    (logp, entropy)) that the log-prob head computed, differentiable through them."""
+    logp, ent = out if return_entropy else (out, None)
+    flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
+    loss, stats = grpo_loss_reference(flat(logp), flat(old_logp), flat(ref_logp), flat(advantages), flat(weights),
+                                      eps_low=eps_low, eps_high=eps_high, beta=beta, importance="sequence",
+                                      seq_ids=flat(seq_ids))
+    if return_entropy:
+        stats.entropy_sum = (ent.detach().reshape(-1) * (flat(weights) > 0)).sum()
+    return loss, stats
+
+
 def grpo_loss(logits, target, old_logp, ref_logp, advantages, weights, *, temperature: float = 1.0,
               eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0, return_entropy: bool = False,
-              backend: str = "auto"):
+              importance: str = "token", seq_ids=None, backend: str = "auto"):
     """GRPO loss Σ_t w_t·loss_t from logits (..., V); target, old_logp, ref_logp (or None when beta == 0),
-    advantages and weights all of shape (...); old_logp None means on-policy (ratio 1). Returns (loss fp32
+    advantages and weights all of shape (...); old_logp None means on-policy (ratio 1). importance
+    "sequence" (GSPO) with seq_ids (...) int64: each token's sequence, in [0, N). Returns (loss fp32
     scalar, GRPOStats)."""
     grpo_loss_args(logits, target, old_logp, ref_logp, advantages, weights, temperature=temperature,
                    eps_low=eps_low, eps_high=eps_high, beta=beta)
+    _importance_args(importance, seq_ids, target)
+    if importance == "sequence":
+        out = token_logprobs(logits, target, temperature=temperature, return_entropy=return_entropy,
+                             backend=backend)
+        return _sequence_level(out, old_logp, ref_logp, advantages, weights, seq_ids, eps_low=eps_low,
+                               eps_high=eps_high, beta=beta, return_entropy=return_entropy)
     flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
     if not use_triton(backend, logits, target, old_logp, ref_logp, advantages, weights):
         out = token_logprobs_reference(logits, target, temperature=temperature, return_entropy=return_entropy)
@@ -332,11 +406,19 @@ def grpo_loss(logits, target, old_logp, ref_logp, advantages, weights, *, temper
 
 
 def linear_grpo_loss(hidden, weight, target, old_logp, ref_logp, advantages, weights, *, temperature=1.0,
-                     eps_low=0.2, eps_high=0.2, beta=0.0, return_entropy=False, chunk_size=None, backend="auto"):
+                     eps_low=0.2, eps_high=0.2, beta=0.0, return_entropy=False, importance="token", seq_ids=None,
+                     chunk_size=None, backend="auto"):
     """`grpo_loss` of the LM head hidden (..., d) @ weight (V, d)ᵀ without materialising the logits:
-    `chunk_size` rows at a time (default: the rule `linear_token_logprobs` uses). Returns (loss, GRPOStats)."""
+    `chunk_size` rows at a time (default: the rule `linear_token_logprobs` uses). importance="sequence": the
+    fused log-prob head, then GSPO's formula (module docstring). Returns (loss, GRPOStats)."""
     linear_grpo_loss_args(hidden, weight, target, old_logp, ref_logp, advantages, weights, temperature=temperature,
                           eps_low=eps_low, eps_high=eps_high, beta=beta, chunk_size=chunk_size)
+    _importance_args(importance, seq_ids, target)
+    if importance == "sequence":
+        out = linear_token_logprobs(hidden, weight, target, temperature=temperature, return_entropy=return_entropy,
+                                    chunk_size=chunk_size, backend=backend)
+        return _sequence_level(out, old_logp, ref_logp, advantages, weights, seq_ids, eps_low=eps_low,
+                               eps_high=eps_high, beta=beta, return_entropy=return_entropy)
     triton_path = use_triton(backend, hidden, weight, target, old_logp, ref_logp, advantages, weights)
     hidden, weight = autocast_inputs(hidden, weight)  # both paths run the head in the same dtype
     if not triton_path:

@@ -40,12 +40,24 @@ class GRPOOptions:
     std_floor: float = 0.0  # floor on the group std before dividing
     reward_min: float = 0.0  # rewards below this are clamped up to it (and counted: reward_out_of_range)
     reward_max: float = 1.0  # rewards above this are clamped down to it (built-in rewards are 0 or 1)
+    # Variants (README, "Variants"); the defaults are plain GRPO
+    importance: str = choice("token", ("token", "sequence"), "ratio per token (GRPO) or per sequence (GSPO)")
+    dynamic_sampling: bool = False  # DAPO: replace zero-variance groups by groups of new prompts
+    max_extra_draws: int = 0  # extra groups a step may draw when dynamic_sampling is on (> 0 then)
+    overlong_filter: bool = False  # DAPO: truncated completions (no <|end|> by max_new_tokens) weigh 0
+    overlong_buffer: int = 0  # DAPO soft overlong penalty: L_cache, the last tokens before max_new_tokens (0: off)
+    overlong_penalty: float = 1.0  # the penalty's factor: reward += factor · R_length(|y|)
 
 
 def _check(p: PhaseConfig) -> None:
     o, at = p.options["grpo"], f"{p.name}."
     positive(o, at, "group_size", "max_new_tokens", "mu")
-    nonnegative(o, at, "temperature", "top_k", "eps_low", "eps_high", "beta", "std_floor")
+    nonnegative(o, at, "temperature", "top_k", "eps_low", "eps_high", "beta", "std_floor", "max_extra_draws",
+                "overlong_buffer", "overlong_penalty")
+    check(o, at, "max_extra_draws", o.max_extra_draws > 0 or not o.dynamic_sampling,
+          f"> 0 with {at}dynamic_sampling=true (the extra groups a step may draw)")
+    check(o, at, "overlong_buffer", o.overlong_buffer < o.max_new_tokens,
+          f"< {at}max_new_tokens={o.max_new_tokens} (the penalty starts at max_new_tokens - overlong_buffer)")
     check(o, at, "eps_low", o.eps_low < 1, "in [0, 1)")
     check(o, at, "reward_max", math.isfinite(o.reward_min) and math.isfinite(o.reward_max)
           and o.reward_min < o.reward_max, f"finite and > {at}reward_min={o.reward_min}")
@@ -104,7 +116,7 @@ class GRPOObjective:
     def __call__(self, model: GPT, b: RolloutBatch):
         o = self.o
         loss, st = policy_loss(model, b, temperature=o.temperature, eps_low=o.eps_low, eps_high=o.eps_high,
-                               beta=o.beta, backend=self.backend)
+                               beta=o.beta, backend=self.backend, importance=o.importance)
         n = max(b.normaliser, 1.0)  # completion tokens in the whole step: the shares below add up to step means
         metrics = {  # on the device, in fp64 (the loop reads a step's metrics back at once)
             "loss": loss.detach(),

@@ -39,15 +39,21 @@ def completion_logprobs(model, batch: Batch, temperature: float, backend: str) -
 
 
 def policy_loss(model, batch, *, temperature: float, eps_low: float, eps_high: float, beta: float,
-                backend: str) -> tuple[torch.Tensor, GRPOStats]:
+                backend: str, importance: str = "token") -> tuple[torch.Tensor, GRPOStats]:
     """The clipped GRPO loss (with k3 KL when beta > 0) over the completion tokens of a rollout micro-batch,
-    weighted by its token weights, and the kernel's statistics (KL, clipped and entropy sums)."""
+    weighted by its token weights, and the kernel's statistics (KL, clipped and entropy sums). importance
+    "sequence" (GSPO) gives each row's completion one ratio (kernels/grpo.py)."""
     hidden = model(batch.idx, doc_ids=batch.doc_ids)
     sel = batch.targets != IGNORE
+    seq_ids = None
+    if importance == "sequence":  # the row of each selected token, renumbered 0.. over rows that have one
+        first = sel & (sel.cumsum(dim=1) == 1)  # (B, T): each row's first completion token
+        seq_ids = first[sel].cumsum(0) - 1
 
     def at(t: torch.Tensor | None):
         return None if t is None else t[sel]
 
     return linear_grpo_loss(hidden[sel], model.lm_head.weight, batch.targets[sel], at(batch.old_logp),
                             at(batch.ref_logp), at(batch.advantages), at(batch.weights), temperature=temperature,
-                            eps_low=eps_low, eps_high=eps_high, beta=beta, return_entropy=True, backend=backend)
+                            eps_low=eps_low, eps_high=eps_high, beta=beta, return_entropy=True, importance=importance,
+                            seq_ids=seq_ids, backend=backend)

@@ -4,26 +4,32 @@ Per rollout batch (every `mu` steps):
     1. take P = batch_size / group_size prompts and sample G = group_size completions of each with the
        KV-cache sampler (temperature, top-k, max_new_tokens, stop at <|end|>)
     2. score each completion with the phase's reward function (a plain callable registered by name): one
-       finite number (RewardError otherwise), clamped into [reward_min, reward_max] and counted when it had to be
+       finite number (RewardError otherwise), clamped into [reward_min, reward_max] and counted when it had to be;
+       with overlong_buffer > 0, DAPO's soft length penalty is added (`length_penalty`); with
+       dynamic_sampling, groups whose (shaped) rewards are all equal are replaced by groups of new prompts
+       (`Refill`)
     3. group advantages A = (r − mean_group) / (max(std_group, std_floor) + eps), or r − mean_group when
        scale_std is off (Dr. GRPO); groups whose rewards are all equal get A = 0 and are counted
     4. rows = prompt + completion, right-padded; targets are the completion tokens only
     5. per-token weights from `loss_type` over the whole batch (kernels.grpo_token_weights), so the loss does
-       not depend on the micro-batch split
+       not depend on the micro-batch split; with overlong_filter, the tokens of truncated completions are out
+       of the mask the weights (and their totals) are computed from, so they weigh 0
     6. old log-probs (and reference log-probs when beta > 0, from a frozen copy of the model taken when the
        phase starts) scored once, micro-batch by micro-batch, with the same function and the same
        micro-batch shapes as the training pass, so on the first pass the ratio is exactly 1
-    7. the rollout metrics (reward, accuracy, pass@G, zero_std, length, truncated, empty, ...), which the
-       source reports itself (`metrics()`) and the loop logs beside the objective's
+    7. the rollout metrics (reward, accuracy, pass@G, zero_std, length, truncated, empty, ... and, when their
+       variant is on, length_penalty, overlong_masked, dropped_groups, extra_draws), which the source reports
+       itself (`metrics()`) and the loop logs beside the objective's
 Then `mu` optimiser steps reuse that batch (the objective: train/grpo.py). The whole batch is packed on the
 CPU and moved to the model's device once; its micro-batches are views of it.
 
 Data parallel (train/distributed.py): a step's P prompts are the global indices [cursor, cursor + P) and
 rank r samples the groups of its contiguous share of them, so a group never spans ranks and advantages stay
-local. Completion j of prompt i is sampled from its own seed (run seed, phase, i, j), so it is the same at
-any world size. The totals behind the token weights (completions, completion tokens, longest row) and the
-rollout metrics are all-reduced, so a rank's weights and loss are its share of the global ones; old and
-reference log-probs are scored locally.
+local. Dynamic sampling draws its refills from the same global prompt order (train/refill.py), so the groups
+a step trains on do not depend on the world size either. Completion j of prompt i is sampled from its own
+seed (run seed, phase, i, j), so it is the same at any world size. The totals behind the token weights
+(completions, completion tokens, longest row) and the rollout metrics are all-reduced, so a rank's weights
+and loss are its share of the global ones; old and reference log-probs are scored locally.
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ from train.distributed import SINGLE, Dist
 from train.heads import completion_logprobs
 from train.kind import PhaseConfig
 from train.readers import DataError
+from train.refill import Refill, length_penalty
 from train.tasks import checked_reward
 from train.tokenizer import Tokenizer
 
@@ -67,6 +74,13 @@ class Sampled:
     completions: list[list[int]]  # sampled tokens, up to and including <|end|> when it came
     raw: list[float] | None = None  # rewards as the reward function returned them
     rewards: torch.Tensor | None = None  # (n,) fp32, clamped into [reward_min, reward_max]
+    penalty: torch.Tensor | None = None  # (n,) fp32 DAPO's soft overlong penalty (0 when overlong_buffer = 0)
+    truncated: torch.Tensor | None = None  # (n,) bool: max_new_tokens reached without <|end|>
+
+    @property
+    def shaped(self) -> torch.Tensor:
+        """The rewards the advantages are computed from: task reward plus length penalty."""
+        return self.rewards + self.penalty
 
 
 class RolloutSource:
@@ -84,6 +98,7 @@ class RolloutSource:
         self.passes_left = 0
         self._metrics: dict[str, float] = {}  # of the current rollout batch (global values)
         self._pending_ref: dict | None = None
+        self._gen_s, self._gen_tokens = 0.0, 0  # sampling time and tokens of the current rollout batch
 
     # ----------------------------------------------------------------------------------- one step
     def next_step(self, rows: int, micro_rows: int, model: GPT) -> list[RolloutBatch]:
@@ -117,10 +132,11 @@ class RolloutSource:
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
-        s = self._sample(model, self._take(rows))  # 1
-        t_gen = time.perf_counter() - t0
-        self._score(s)  # 2
-        adv = group_advantages(s.rewards, self.o.group_size, scale_std=self.o.scale_std,  # 3
+        self._gen_s, self._gen_tokens = 0.0, 0
+        draw = lambda indices: self._score(self._sample(model, indices))  # noqa: E731  (1, 2)
+        refill = Refill(self, draw, rows // self.o.group_size) if self.o.dynamic_sampling else None
+        s = refill.run(self._take(rows)) if refill else draw(self._take(rows))
+        adv = group_advantages(s.shaped, self.o.group_size, scale_std=self.o.scale_std,  # 3
                                std_floor=self.o.std_floor, backend="reference")
         batches = _batches(self._pack(s, adv, rows, model.wte.weight.device), micro_rows)  # 4, 5
         for b in batches:  # 6
@@ -128,7 +144,7 @@ class RolloutSource:
             if self.ref is not None:
                 b.ref_logp = completion_logprobs(self.ref, b, self.o.temperature, self.backend)
         model.train(was_training)
-        self._metrics = self._rollout_metrics(s, adv, rows, t0, t_gen)  # 7
+        self._metrics = self._rollout_metrics(s, adv, rows, t0) | (refill.metrics() if refill else {})  # 7
         return batches
 
     def _take(self, rows: int) -> range:
@@ -142,21 +158,33 @@ class RolloutSource:
         """G completions of each prompt, each from its own seed."""
         p, o, tok, G = self.p, self.o, self.tok, self.o.group_size
         items = [self.prompt(self._index(i)) for i in mine]
+        if not items:  # a refill round can leave a rank nothing to draw
+            return Sampled([], [], [])
         prompts = [tok.render_prompt(msgs) for msgs, _ in items for _ in range(G)]
         longest = max(map(len, prompts))
         if longest + o.max_new_tokens > model.cfg.seq_len:
             raise DataError(f"{p.name}: a prompt of {longest} tokens leaves no room for {p.name}.max_new_tokens="
                             f"{o.max_new_tokens} in model.seq_len={model.cfg.seq_len}; lower one or raise the other")
+        t0 = time.perf_counter()
         # host sync: the sampler reads every new token back to choose when each row stops
         completions = generate(model, prompts, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
                                top_k=o.top_k or None, stop_id=tok.end, pad_id=tok.pad,
                                seeds=[self._seed(i, j) for i in mine for j in range(G)])
+        self._gen_s += time.perf_counter() - t0
+        self._gen_tokens += sum(map(len, completions))
         return Sampled([answer for _, answer in items for _ in range(G)], prompts, completions)
 
-    def _score(self, s: Sampled) -> None:
-        """Each completion's reward: one finite number from the reward function, clamped into range."""
+    def _score(self, s: Sampled) -> Sampled:
+        """Each completion's reward: one finite number from the reward function, clamped into range; whether it
+        was truncated; its length penalty."""
+        o = self.o
         s.raw = [self.score(self.tok.completion_text(c), answer) for c, answer in zip(s.completions, s.answers)]
-        s.rewards = torch.tensor([min(max(r, self.o.reward_min), self.o.reward_max) for r in s.raw])
+        s.rewards = torch.tensor([min(max(r, o.reward_min), o.reward_max) for r in s.raw], dtype=torch.float32)
+        s.truncated = torch.tensor([len(c) == o.max_new_tokens and c[-1] != self.tok.end for c in s.completions],
+                                   dtype=torch.bool)
+        s.penalty = torch.tensor([length_penalty(len(c), o.max_new_tokens, o.overlong_buffer, o.overlong_penalty)
+                                  for c in s.completions], dtype=torch.float32)
+        return s
 
     def score(self, completion: str, answer: str) -> float:
         return checked_reward(self.reward_fn, completion, answer)  # RewardError unless one finite number
@@ -174,40 +202,45 @@ class RolloutSource:
             ids[i, : len(a) + len(b)] = torch.tensor(a + b)
             targets[i, len(a) - 1 : len(a) + len(b) - 1] = torch.tensor(b)
         idx, mask = ids[:, :-1], targets != IGNORE
-        n_tokens = distributed.all_reduce(int(mask.sum()))  # completion tokens of the whole step, every rank
-        weights = grpo_token_weights(mask, o.loss_type, num_sequences=rows, num_tokens=n_tokens,
+        trained = mask & ~s.truncated[:, None] if o.overlong_filter else mask  # (n, L−1) the tokens with a weight
+        n_tokens = distributed.all_reduce(int(trained.sum()))  # trained completion tokens of the whole step
+        weights = grpo_token_weights(trained, o.loss_type, num_sequences=rows, num_tokens=n_tokens,
                                      max_len=max(o.max_new_tokens, L - 1))
         flat = {"idx": idx, "targets": targets, "doc_ids": torch.zeros_like(idx, dtype=torch.int32),
                 "advantages": adv.advantages[:, None].expand_as(targets) * mask, "weights": weights}
         return {k: v.to(device) for k, v in flat.items()} | {"normaliser": float(n_tokens)}
 
-    def _rollout_metrics(self, s: Sampled, adv: GroupAdvantages, rows: int, t0: float, t_gen: float) -> dict:
+    def _rollout_metrics(self, s: Sampled, adv: GroupAdvantages, rows: int, t0: float) -> dict:
         """Sums over every rank's completions (and groups), divided by the global counts."""
         o, G, end = self.o, self.o.group_size, self.tok.end
         correct = (s.rewards >= 1.0).double()
         lengths = torch.tensor([len(c) for c in s.completions], dtype=torch.float64)
         # completions that hit max_new_tokens without <|end|>; empty ones, nothing before the stop (they are
         # scored as usual and train on their stop token only); with a reward the clamp changed
-        truncated = sum(len(c) == o.max_new_tokens and c[-1] != end for c in s.completions)
+        truncated = int(s.truncated.sum())
         empty = sum(c[:1] in ([], [end]) for c in s.completions)
         out_of_range = sum(not o.reward_min <= r <= o.reward_max for r in s.raw)
         # host sync (with NCCL): one all-reduce of the sums, read back once
         sums = distributed.all_reduce(torch.stack([
             s.rewards.double().sum(), correct.sum(), correct.view(-1, G).amax(dim=1).sum(),
             adv.zero_var.double().sum(), lengths.sum(),
-            *torch.tensor([truncated, empty, out_of_range], dtype=torch.float64)])).tolist()
+            s.penalty.double().sum(), *torch.tensor([truncated, empty, out_of_range, self._gen_tokens],
+                                                    dtype=torch.float64)])).tolist()
         groups = rows // G
-        return {
+        variants = {"length_penalty": sums[5] / rows} if o.overlong_buffer else {}
+        if o.overlong_filter:  # the truncated completions are the masked ones
+            variants["overlong_masked"] = sums[6] / rows
+        return variants | {
             "reward": sums[0] / rows,
             "accuracy": sums[1] / rows,
             f"pass@{G}": sums[2] / groups,
             "zero_std": sums[3] / groups,
             "length": sums[4] / rows,
-            "truncated": sums[5] / rows,
-            "empty": sums[6] / rows,
-            "reward_out_of_range": sums[7] / rows,
+            "truncated": sums[6] / rows,
+            "empty": sums[7] / rows,
+            "reward_out_of_range": sums[8] / rows,
             "rollout_s": distributed.all_reduce(time.perf_counter() - t0, "max"),  # the slowest rank's
-            "rollout_tok_s": sums[4] / distributed.all_reduce(t_gen, "max"),
+            "rollout_tok_s": sums[9] / distributed.all_reduce(self._gen_s, "max"),
         }
 
     def _index(self, i: int) -> int:
