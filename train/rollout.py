@@ -2,7 +2,8 @@
 
 Per rollout batch (every `mu` steps):
     1. take P = batch_size / group_size prompts and sample G = group_size completions of each with the
-       KV-cache sampler (temperature, top-k, max_new_tokens, stop at <|end|>)
+       KV-cache sampler (temperature, top-k, max_new_tokens, stop at <|end|>); with grpo.demos or
+       grpo.prefix, some of the G are the prompt's demonstration or start from a prefix of it (train/guided.py)
     2. score each completion with the phase's reward function (a plain callable registered by name): one
        finite number (RewardError otherwise), clamped into [reward_min, reward_max] and counted when it had to be;
        with overlong_buffer > 0, DAPO's soft length penalty is added (`length_penalty`); with
