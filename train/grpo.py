@@ -18,7 +18,9 @@ from model.gpt import GPT
 from train.evaluate import task_accuracy
 from train.heads import policy_loss
 from train.kind import Context, ObjectiveKind, PhaseConfig
-from train.readers import budget, fit_context, read_prompts, split_held_out
+from train.blend import parse_schedule
+from train.guided import check_demos, guided
+from train.readers import Prompt, budget, fit_context, read_prompts, split_held_out
 from train.rollout import RolloutBatch, RolloutSource
 from train.settings import ConfigError, check, choice, nonnegative, positive
 from train.tasks import REWARDS, get_reward
@@ -47,6 +49,11 @@ class GRPOOptions:
     overlong_filter: bool = False  # DAPO: truncated completions (no <|end|> by max_new_tokens) weigh 0
     overlong_buffer: int = 0  # DAPO soft overlong penalty: L_cache, the last tokens before max_new_tokens (0: off)
     overlong_penalty: float = 1.0  # the penalty's factor: reward += factor · R_length(|y|)
+    # Blending SFT and RL (README, "Blending SFT and RL"; train/guided.py); the defaults are plain GRPO
+    demos: int = 0  # LUFFY: k of each group's G completions are the prompt's demonstration (0: none; k < G)
+    shaping_gamma: float = 0.1  # LUFFY: demonstration tokens weigh f(p) = p / (p + shaping_gamma), not the ratio
+    prefix: str = ""  # Prefix-RFT: share of the demonstration given as prefix, e.g. cosine:0.8:0 or const:0.5
+    prefix_rows: int = 0  # Prefix-RFT: completions of each group that start from the demonstration prefix
 
 
 def _check(p: PhaseConfig) -> None:
@@ -59,6 +66,15 @@ def _check(p: PhaseConfig) -> None:
     check(o, at, "overlong_buffer", o.overlong_buffer < o.max_new_tokens,
           f"< {at}max_new_tokens={o.max_new_tokens} (the penalty starts at max_new_tokens - overlong_buffer)")
     check(o, at, "eps_low", o.eps_low < 1, "in [0, 1)")
+    nonnegative(o, at, "demos", "prefix_rows")
+    positive(o, at, "shaping_gamma")
+    check(o, at, "demos", o.demos < o.group_size, f"< {at}group_size={o.group_size} (a group needs samples)")
+    if o.prefix:
+        parse_schedule(o.prefix, f"{at}prefix")
+    check(o, at, "prefix_rows", o.prefix_rows > 0 or not o.prefix, f"> 0 with {at}prefix set (the rows it starts)")
+    check(o, at, "prefix_rows", o.prefix_rows == 0 or o.prefix, f"0 without {at}prefix (a schedule, e.g. const:0.5)")
+    check(o, at, "prefix_rows", o.demos + o.prefix_rows <= o.group_size,
+          f"<= {at}group_size - {at}demos = {o.group_size - o.demos}")
     check(o, at, "reward_max", math.isfinite(o.reward_min) and math.isfinite(o.reward_max)
           and o.reward_min < o.reward_max, f"finite and > {at}reward_min={o.reward_min}")
     check(o, at, "group_size", o.group_size >= 2, ">= 2 (advantages compare completions of a group)")
@@ -96,10 +112,14 @@ def _sources(p: PhaseConfig, ctx: Context):
         if longest + o.max_new_tokens > T:  # checked now, not when the phase begins after the others
             raise ConfigError(f"{p.name}.max_new_tokens={o.max_new_tokens} does not fit: the task's prompts take up "
                               f"to {longest} tokens of model.seq_len={T}; lower it or raise model.seq_len")
-        return RolloutSource(p, tok, lambda i: task.prompt("train", i), reward, count=p.examples or None,
+        prompt = (lambda i: Prompt(*task.prompt("train", i), task.problem("train", i).worked)) if guided(o) \
+            else (lambda i: task.prompt("train", i))
+        return RolloutSource(p, tok, prompt, reward, count=p.examples or None,
                              seed=ctx.seed, dist=ctx.dist, backend=ctx.kernels), {}
     train, held = user_prompts(p, ctx)
     train = budget(train, p.examples, f"{p.name}.examples", p.data)
+    if guided(o):
+        check_demos(train, f"{p.name}.demos={o.demos}" if o.demos else f"{p.name}.prefix={o.prefix}", p.data)
     return RolloutSource(p, tok, train.__getitem__, reward, count=len(train), seed=ctx.seed, dist=ctx.dist,
                          backend=ctx.kernels), {
         p.name: lambda model: task_accuracy(model, tok, held, reward, max_new_tokens=o.max_new_tokens,
@@ -116,7 +136,7 @@ class GRPOObjective:
     def __call__(self, model: GPT, b: RolloutBatch):
         o = self.o
         loss, st = policy_loss(model, b, temperature=o.temperature, eps_low=o.eps_low, eps_high=o.eps_high,
-                               beta=o.beta, backend=self.backend, importance=o.importance)
+                               beta=o.beta, backend=self.backend, importance=o.importance, gamma=o.shaping_gamma)
         n = max(b.normaliser, 1.0)  # completion tokens in the whole step: the shares below add up to step means
         metrics = {  # on the device, in fp64 (the loop reads a step's metrics back at once)
             "loss": loss.detach(),
@@ -129,7 +149,7 @@ class GRPOObjective:
 
 GRPO = ObjectiveKind(
     name="grpo", options=GRPOOptions, read=read_prompts,
-    texts=lambda item: [m["content"] for m in item[0]] + [item[1]],
+    texts=lambda item: [m["content"] for m in item[0]] + [item[1]] + [d for d in [getattr(item, "demo", None)] if d],
     sources=_sources, objective=lambda p, ctx: GRPOObjective(p, ctx.kernels), check=_check, check_layout=_check_layout,
     frozen_copies=lambda p: int(p.options["grpo"].beta > 0),
 )

@@ -17,6 +17,7 @@ import torch
 
 from kernels import linear_cross_entropy, linear_grpo_loss, linear_token_logprobs
 from kernels.grpo import GRPOStats
+from kernels.policy_shaping import linear_shaped_grpo_loss
 from train.data import IGNORE, Batch
 
 
@@ -39,10 +40,11 @@ def completion_logprobs(model, batch: Batch, temperature: float, backend: str) -
 
 
 def policy_loss(model, batch, *, temperature: float, eps_low: float, eps_high: float, beta: float,
-                backend: str, importance: str = "token") -> tuple[torch.Tensor, GRPOStats]:
+                backend: str, importance: str = "token", gamma: float = 0.1) -> tuple[torch.Tensor, GRPOStats]:
     """The clipped GRPO loss (with k3 KL when beta > 0) over the completion tokens of a rollout micro-batch,
     weighted by its token weights, and the kernel's statistics (KL, clipped and entropy sums). importance
-    "sequence" (GSPO) gives each row's completion one ratio (kernels/grpo.py)."""
+    "sequence" (GSPO) gives each row's completion one ratio (kernels/grpo.py). A batch with demonstration
+    rows (`batch.demo`) shapes their tokens by p / (p + gamma) instead (kernels/policy_shaping.py)."""
     hidden = model(batch.idx, doc_ids=batch.doc_ids)
     sel = batch.targets != IGNORE
     seq_ids = None
@@ -53,6 +55,13 @@ def policy_loss(model, batch, *, temperature: float, eps_low: float, eps_high: f
     def at(t: torch.Tensor | None):
         return None if t is None else t[sel]
 
+    demo = getattr(batch, "demo", None)
+    if demo is not None:
+        return linear_shaped_grpo_loss(hidden[sel], model.lm_head.weight, batch.targets[sel], at(batch.old_logp),
+                                       at(batch.ref_logp), at(batch.advantages), at(batch.weights),
+                                       demo[:, None].expand_as(sel)[sel], gamma=gamma, temperature=temperature,
+                                       eps_low=eps_low, eps_high=eps_high, beta=beta, return_entropy=True,
+                                       importance=importance, seq_ids=seq_ids, backend=backend)
     return linear_grpo_loss(hidden[sel], model.lm_head.weight, batch.targets[sel], at(batch.old_logp),
                             at(batch.ref_logp), at(batch.advantages), at(batch.weights), temperature=temperature,
                             eps_low=eps_low, eps_high=eps_high, beta=beta, return_entropy=True, importance=importance,

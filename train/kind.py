@@ -21,6 +21,7 @@ import torch
 
 from train.data import Batch
 from train.distributed import SINGLE, Dist
+from train.mix import check_aux_schedule
 from train.settings import ConfigError, check, choice, nonnegative, positive
 from train.tasks import ArithmeticTask
 from train.tokenizer import Tokenizer
@@ -47,6 +48,7 @@ class PhaseConfig:
     eval_every: int = 0  # evaluate every N steps inside the phase (0: only at its end)
     reset_optimizer: bool = False  # start the phase with fresh AdamW moments
     aux: str = ""  # extra objectives optimised alongside, with weights, e.g. "sft=0.5" (each on its embedded data)
+    aux_schedule: str = ""  # the aux weight over the phase: linear:A:B, cosine:A:B or srft:W0 (train/mix.py)
     options: dict[str, Any] = field(default_factory=dict)  # kind name -> that kind's knobs, for each kind it trains
 
     def __post_init__(self):
@@ -58,6 +60,8 @@ class PhaseConfig:
         nonnegative(self, at, "warmup_steps", "eval_every", "lr_scale", "min_lr_ratio", "examples")
         check(self, at, "min_lr_ratio", self.min_lr_ratio <= 1, "in [0, 1]")
         self.aux_weights  # noqa: B018  (checks the aux entries' form)
+        if self.aux_schedule:
+            check_aux_schedule(self.aux_schedule, self.aux_weights, f"{at}aux_schedule")
         check_variant(self.task, phase_option(self.name, self.task))  # the syntax; train/config.py the rest
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"{at}batch_size={self.batch_size} must be a multiple of "

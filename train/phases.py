@@ -20,7 +20,7 @@ from train.config import ConfigError, PhaseConfig, RunConfig
 from train.distributed import SINGLE, Dist
 from train.evaluate import task_accuracy
 from train.kind import Context, Objective, Source
-from train.mix import MixedObjective, MixedSource
+from train.mix import AuxWeight, MixedObjective, MixedSource
 from train.tasks import ArithmeticTask, get_reward
 from train.tokenizer import Tokenizer
 from train.variants import phase_option, set_option, variant_task
@@ -54,12 +54,14 @@ def build_phases(cfg: RunConfig, ctx: Context) -> list[Phase]:
         source, evals = main.sources(p, ctx)
         objective = main.objective(p, ctx)
         if p.aux:  # extra objectives on their embedded data; their held-out sets belong to their own phases
-            parts = [(name, w, dataclasses.replace(p, objective=name, data="embedded", aux=""))
+            parts = [(name, w, dataclasses.replace(p, objective=name, data="embedded", aux="", aux_schedule=""))
                      for name, w in p.aux_weights]
+            weight = AuxWeight(p.aux_schedule, p.steps, f"{p.name}.aux_schedule") if p.aux_schedule else None
             source = MixedSource([(p.objective, source)] + [(name, objectives.get(name).sources(q, ctx)[0])
-                                                             for name, _, q in parts])
+                                                             for name, _, q in parts], weight)
             objective = MixedObjective([(p.objective, 1.0, objective)] +
-                                       [(name, w, objectives.get(name).objective(q, ctx)) for name, w, q in parts])
+                                       [(name, w, objectives.get(name).objective(q, ctx)) for name, w, q in parts],
+                                       weight)
         phases.append(Phase(p, start, source, objective, evals))
         start += p.steps
     return phases

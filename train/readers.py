@@ -7,7 +7,7 @@ them (`fit_context`), and the last 1/20 of a file is held out for evaluation (`s
 
     read_documents       .txt (one document) or .jsonl of {"text": ...}       pretraining
     read_conversations   .jsonl of {"messages": [...]} or {"prompt", "response"}   SFT
-    read_prompts         .jsonl of {"prompt": ..., "answer": ...}             RL
+    read_prompts         .jsonl of {"prompt": ..., "answer": ...[, "demo": ...]}   RL
 """
 from __future__ import annotations
 
@@ -118,13 +118,28 @@ def parse_text(obj, where: str) -> str:
     return _unicode(obj["text"], where)
 
 
-def parse_prompt(obj, where: str) -> tuple[list[dict], str]:
-    """{"prompt": str, "answer": str or number} for RL."""
+class Prompt(tuple):
+    """An RL prompt: the pair (messages, answer), with `demo`, the text of a demonstration reply (the
+    assistant turn of a worked solution), or None when there is none."""
+
+    def __new__(cls, messages: list[dict], answer: str, demo: str | None = None):
+        self = super().__new__(cls, (messages, answer))
+        self.demo = demo
+        return self
+
+
+def parse_prompt(obj, where: str) -> Prompt:
+    """{"prompt": str, "answer": str or number} for RL, with an optional "demo": str (a demonstration reply,
+    for the demonstration-guided GRPO modes)."""
     answer = obj.get("answer") if isinstance(obj, dict) else None
     if (not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or isinstance(answer, bool)
             or not isinstance(answer, (str, int, float))):
         raise DataError(f'{where}: expected {{"prompt": str, "answer": str or number}}')
-    return [{"role": "user", "content": _unicode(obj["prompt"], where)}], _unicode(str(answer), where)
+    demo = obj.get("demo")
+    if demo is not None and not isinstance(demo, str):
+        raise DataError(f'{where}: "demo" must be a string (a demonstration reply), got {type(demo).__name__}')
+    return Prompt([{"role": "user", "content": _unicode(obj["prompt"], where)}], _unicode(str(answer), where),
+                  None if demo is None else _unicode(demo, where))
 
 
 def _read_text(path: str) -> str:
@@ -167,5 +182,5 @@ def read_conversations(path: str) -> list[list[dict]]:
     return read_jsonl(path, parse_conversation)
 
 
-def read_prompts(path: str) -> list[tuple[list[dict], str]]:
+def read_prompts(path: str) -> list[Prompt]:
     return read_jsonl(path, parse_prompt)

@@ -58,6 +58,8 @@ class Group:
     rewards: torch.Tensor
     penalty: torch.Tensor
     truncated: torch.Tensor
+    demo: torch.Tensor | None = None  # demonstration rows (train/guided.py), None in plain GRPO
+    given: list | None = None
 
     @property
     def zero_var(self) -> bool:
@@ -99,8 +101,9 @@ class Refill:
         """Sample this rank's prompts of a round; every rank's groups of it, in global prompt order."""
         s, G = self.draw(indices), self.src.o.group_size
         self._kind = type(s)  # train.rollout.Sampled (which imports this module)
-        mine = [Group(i, *(f[k * G:(k + 1) * G] for f in (s.answers, s.prompts, s.completions, s.raw, s.rewards,
-                                                           s.penalty, s.truncated)))
+        mine = [Group(i, *(None if f is None else f[k * G:(k + 1) * G]
+                           for f in (s.answers, s.prompts, s.completions, s.raw, s.rewards, s.penalty, s.truncated,
+                                     s.demo, s.given)))
                 for k, i in enumerate(indices)]
         # with several processes: every rank's groups to rank 0, then the whole list back to every rank
         everyone = distributed.broadcast(distributed.gather(mine))
@@ -114,4 +117,6 @@ def _merge(kind, groups: list[Group]):
     s.rewards = torch.cat([g.rewards for g in groups])
     s.penalty = torch.cat([g.penalty for g in groups])
     s.truncated = torch.cat([g.truncated for g in groups])
+    if groups and groups[0].demo is not None:
+        s.demo, s.given = torch.cat([g.demo for g in groups]), [n for g in groups for n in g.given]
     return s

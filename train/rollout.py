@@ -2,7 +2,8 @@
 
 Per rollout batch (every `mu` steps):
     1. take P = batch_size / group_size prompts and sample G = group_size completions of each with the
-       KV-cache sampler (temperature, top-k, max_new_tokens, stop at <|end|>)
+       KV-cache sampler (temperature, top-k, max_new_tokens, stop at <|end|>); with grpo.demos or
+       grpo.prefix, some of the G are the prompt's demonstration or start from a prefix of it (train/guided.py)
     2. score each completion with the phase's reward function (a plain callable registered by name): one
        finite number (RewardError otherwise), clamped into [reward_min, reward_max] and counted when it had to be;
        with overlong_buffer > 0, DAPO's soft length penalty is added (`length_penalty`); with
@@ -46,7 +47,9 @@ from model.gpt import GPT
 from model.sampler import generate
 from train import distributed
 from train.data import IGNORE, Batch
+from train.blend import parse_schedule, progress
 from train.distributed import SINGLE, Dist
+from train.guided import guided, guided_metrics, sample_guided
 from train.heads import completion_logprobs
 from train.kind import PhaseConfig
 from train.readers import DataError
@@ -63,6 +66,7 @@ class RolloutBatch(Batch):
     ref_logp: torch.Tensor | None = None  # (B, T) fp32 reference log-probs, None when beta == 0
     advantages: torch.Tensor | None = None  # (B, T) fp32 the completion's advantage on each of its tokens
     weights: torch.Tensor | None = None  # (B, T) fp32 aggregation weights (sum over the step = the loss)
+    demo: torch.Tensor | None = None  # (B,) bool: the demonstration rows (None unless grpo.demos > 0)
 
 
 @dataclass
@@ -76,6 +80,8 @@ class Sampled:
     rewards: torch.Tensor | None = None  # (n,) fp32, clamped into [reward_min, reward_max]
     penalty: torch.Tensor | None = None  # (n,) fp32 DAPO's soft overlong penalty (0 when overlong_buffer = 0)
     truncated: torch.Tensor | None = None  # (n,) bool: max_new_tokens reached without <|end|>
+    demo: torch.Tensor | None = None  # (n,) bool: a demonstration, not a sample (train/guided.py)
+    given: list[int] | None = None  # leading completion tokens taken from the demonstration, not sampled
 
     @property
     def shaped(self) -> torch.Tensor:
@@ -93,6 +99,7 @@ class RolloutSource:
         self.o = p.options["grpo"]  # the phase's GRPO knobs (train/grpo.py: GRPOOptions)
         self.seed, self.dist = seed, dist
         self.cursor = 0  # next global prompt index (the same on every rank)
+        self.rollouts = 0  # rollout batches drawn so far in the phase (the prefix schedule's clock)
         self.ref: GPT | None = None  # frozen snapshot of the policy at the start of the phase (beta > 0)
         self.buffer: list[RolloutBatch] | None = None  # this rank's micro-batches of the current rollout batch
         self.passes_left = 0
@@ -136,6 +143,7 @@ class RolloutSource:
         draw = lambda indices: self._score(self._sample(model, indices))  # noqa: E731  (1, 2)
         refill = Refill(self, draw, rows // self.o.group_size) if self.o.dynamic_sampling else None
         s = refill.run(self._take(rows)) if refill else draw(self._take(rows))
+        self.rollouts += 1
         adv = group_advantages(s.shaped, self.o.group_size, scale_std=self.o.scale_std,  # 3
                                std_floor=self.o.std_floor, backend="reference")
         batches = _batches(self._pack(s, adv, rows, model.wte.weight.device), micro_rows)  # 4, 5
@@ -154,6 +162,15 @@ class RolloutSource:
         self.cursor += rows // self.o.group_size
         return range(first, first + share)
 
+    def _generate(self, model: GPT, prompts: list[list[int]], seeds: list[int], max_new_tokens: int) -> list:
+        t0 = time.perf_counter()
+        # host sync: the sampler reads every new token back to choose when each row stops
+        out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=self.o.temperature,
+                       top_k=self.o.top_k or None, stop_id=self.tok.end, pad_id=self.tok.pad, seeds=seeds)
+        self._gen_s += time.perf_counter() - t0
+        self._gen_tokens += sum(map(len, out))
+        return out
+
     def _sample(self, model: GPT, mine: range) -> Sampled:
         """G completions of each prompt, each from its own seed."""
         p, o, tok, G = self.p, self.o, self.tok, self.o.group_size
@@ -165,14 +182,18 @@ class RolloutSource:
         if longest + o.max_new_tokens > model.cfg.seq_len:
             raise DataError(f"{p.name}: a prompt of {longest} tokens leaves no room for {p.name}.max_new_tokens="
                             f"{o.max_new_tokens} in model.seq_len={model.cfg.seq_len}; lower one or raise the other")
-        t0 = time.perf_counter()
-        # host sync: the sampler reads every new token back to choose when each row stops
-        completions = generate(model, prompts, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
-                               top_k=o.top_k or None, stop_id=tok.end, pad_id=tok.pad,
-                               seeds=[self._seed(i, j) for i in mine for j in range(G)])
-        self._gen_s += time.perf_counter() - t0
-        self._gen_tokens += sum(map(len, completions))
-        return Sampled([answer for _, answer in items for _ in range(G)], prompts, completions)
+        seeds = [self._seed(i, j) for i in mine for j in range(G)]
+        answers = [answer for _, answer in items for _ in range(G)]
+        if not guided(o):
+            return Sampled(answers, prompts, self._generate(model, prompts, seeds, o.max_new_tokens))
+        fraction = self.prefix_fraction()
+        return sample_guided(self, model, items, prompts, seeds, fraction, Sampled(answers, prompts, []))
+
+    def prefix_fraction(self) -> float:
+        """The share of the demonstration given as prefix at this rollout batch (0 without grpo.prefix)."""
+        o = self.o
+        return parse_schedule(o.prefix, f"{self.p.name}.prefix")(progress(self.rollouts * o.mu, self.p.steps)) \
+            if o.prefix else 0.0
 
     def _score(self, s: Sampled) -> Sampled:
         """Each completion's reward: one finite number from the reward function, clamped into range; whether it
@@ -198,9 +219,10 @@ class RolloutSource:
         L = distributed.all_reduce(max(len(a) + len(b) for a, b in zip(s.prompts, s.completions)), "max")
         ids = torch.full((len(s.prompts), L), tok.pad, dtype=torch.long)
         targets = torch.full((len(s.prompts), L - 1), IGNORE, dtype=torch.long)
-        for i, (a, b) in enumerate(zip(s.prompts, s.completions)):
+        given = s.given or [0] * len(s.prompts)  # a demonstration prefix is input, not a target (guided.py)
+        for i, (a, b, g) in enumerate(zip(s.prompts, s.completions, given)):
             ids[i, : len(a) + len(b)] = torch.tensor(a + b)
-            targets[i, len(a) - 1 : len(a) + len(b) - 1] = torch.tensor(b)
+            targets[i, len(a) - 1 + g : len(a) + len(b) - 1] = torch.tensor(b[g:], dtype=torch.long)
         idx, mask = ids[:, :-1], targets != IGNORE
         trained = mask & ~s.truncated[:, None] if o.overlong_filter else mask  # (n, L−1) the tokens with a weight
         n_tokens = distributed.all_reduce(int(trained.sum()))  # trained completion tokens of the whole step
@@ -208,6 +230,8 @@ class RolloutSource:
                                      max_len=max(o.max_new_tokens, L - 1))
         flat = {"idx": idx, "targets": targets, "doc_ids": torch.zeros_like(idx, dtype=torch.int32),
                 "advantages": adv.advantages[:, None].expand_as(targets) * mask, "weights": weights}
+        if o.demos:  # rows the loss shapes instead of clipping (a prefix alone trains as plain GRPO)
+            flat["demo"] = s.demo
         return {k: v.to(device) for k, v in flat.items()} | {"normaliser": float(n_tokens)}
 
     def _rollout_metrics(self, s: Sampled, adv: GroupAdvantages, rows: int, t0: float) -> dict:
@@ -228,6 +252,7 @@ class RolloutSource:
                                                     dtype=torch.float64)])).tolist()
         groups = rows // G
         variants = {"length_penalty": sums[5] / rows} if o.overlong_buffer else {}
+        variants |= guided_metrics(o, s, rows)
         if o.overlong_filter:  # the truncated completions are the masked ones
             variants["overlong_masked"] = sums[6] / rows
         return variants | {
@@ -261,6 +286,7 @@ class RolloutSource:
             buffer = None if shards is None else _cat(shards)
         return {
             "cursor": self.cursor,
+            "rollouts": self.rollouts,
             "passes_left": self.passes_left,
             "buffer": buffer,
             "metrics": self._metrics if self.passes_left else {},
@@ -269,6 +295,7 @@ class RolloutSource:
 
     def load_state_dict(self, state: dict) -> None:
         self.cursor, self.passes_left = state["cursor"], state["passes_left"]
+        self.rollouts = state.get("rollouts", 0)
         self.buffer, self._metrics = None, dict(state["metrics"])
         if state["buffer"] is not None:  # this rank's slice of the global rows, in its micro-batches
             buf, (rank, world) = state["buffer"], (self.dist.rank, self.dist.world_size)
@@ -280,7 +307,7 @@ class RolloutSource:
         self._pending_ref = state["ref"]
 
 
-ROW_FIELDS = ("idx", "targets", "doc_ids", "old_logp", "ref_logp", "advantages", "weights")  # (B, T) each
+ROW_FIELDS = ("idx", "targets", "doc_ids", "old_logp", "ref_logp", "advantages", "weights", "demo")  # (B, T), demo (B,)
 
 
 def _rows(batches: list[RolloutBatch]) -> dict:
