@@ -57,15 +57,21 @@ def test_aux_pretrain_mixes_next_token_loss_into_an_rlp_phase(tmp_path):
     assert all(r["tokens"] > 8 * 128 for r in steps)  # the pretraining rows ride along with the thoughts
 
 
-def test_resume_in_an_rlp_phase_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def whole_and_stopped(tmp_path, monkeypatch):
+    """(a whole pretrain → rlp run, the same run stopped at step 7 with its checkpoint at step 6: two rlp steps
+    done, the EMA updated once)"""
     spec, extra = "pretrain:pretrain,rlp:rlp", {"ckpt_every": "6"}
-    whole = tmp_path / "whole"
+    whole, out = tmp_path / "whole", tmp_path / "stopped"
     run(config(whole, extra, spec))
-    out = tmp_path / "stopped"
     with monkeypatch.context() as m:
-        interrupt_at(m, 7)  # two rlp steps done (its EMA updated once), checkpoint at step 6
+        interrupt_at(m, 7)
         with pytest.raises(KeyboardInterrupt):
             run(config(out, extra, spec))
+    return whole, out
+
+
+def test_resume_in_an_rlp_phase_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    whole, out = whole_and_stopped(tmp_path, monkeypatch)
     saved = checkpoint.load(str(out))
     assert saved["step"] == 6 and saved["sources"]["rlp"]["ema_updates"] == 1
     run(resume=str(out))
@@ -78,14 +84,7 @@ def test_resume_in_an_rlp_phase_equals_an_uninterrupted_run(tmp_path, monkeypatc
 
 def test_a_resume_that_lost_the_ema_would_differ(tmp_path, monkeypatch):
     """The comparison above can fail: restarting the EMA from the resumed weights changes the rewards."""
-    spec, extra = "pretrain:pretrain,rlp:rlp", {"ckpt_every": "6"}
-    whole = tmp_path / "whole"
-    run(config(whole, extra, spec))
-    out = tmp_path / "stopped"
-    with monkeypatch.context() as m:
-        interrupt_at(m, 7)
-        with pytest.raises(KeyboardInterrupt):
-            run(config(out, extra, spec))
+    whole, out = whole_and_stopped(tmp_path, monkeypatch)
     state = checkpoint.load(str(out))
     state["sources"]["rlp"]["ema"] = None  # as if the EMA were not saved: a fresh copy at the next step
     path = checkpoint.find(str(out))[0]

@@ -21,7 +21,7 @@ from train.kind import Context, ObjectiveKind, PhaseConfig
 from train.blend import parse_schedule
 from train.guided import check_demos, guided
 from train.readers import Prompt, budget, fit_context, read_prompts, split_held_out
-from train.rollout import RolloutBatch, RolloutSource
+from train.rollout import RolloutBatch, RolloutSource, check_group_layout, check_groups
 from train.settings import ConfigError, check, choice, nonnegative, positive
 from train.tasks import REWARDS, get_reward
 
@@ -77,24 +77,15 @@ def _check(p: PhaseConfig) -> None:
           f"<= {at}group_size - {at}demos = {o.group_size - o.demos}")
     check(o, at, "reward_max", math.isfinite(o.reward_min) and math.isfinite(o.reward_max)
           and o.reward_min < o.reward_max, f"finite and > {at}reward_min={o.reward_min}")
-    check(o, at, "group_size", o.group_size >= 2, ">= 2 (advantages compare completions of a group)")
     check(o, at, "temperature", o.temperature > 0, "> 0 (rollout log-probs divide by it)")
     check(o, at, "reward", o.reward in REWARDS,
           f"a registered reward: {', '.join(sorted(REWARDS))} (a module given with --import=MODULE "
           f"can add one with train.tasks.register_reward)")
-    if p.batch_size % o.group_size:
-        raise ConfigError(f"{at}batch_size={p.batch_size} (completions per step) must be a multiple of "
-                          f"{at}group_size={o.group_size}")
+    check_groups(p, o.group_size, "completions")
 
 
 def _check_layout(p: PhaseConfig, world_size: int) -> None:
-    """Each rank samples whole groups."""
-    G, per_rank = p.options["grpo"].group_size, p.batch_size // world_size
-    if per_rank % G:
-        raise ConfigError(
-            f"{p.name}.batch_size / world_size = {p.batch_size}/{world_size} = {per_rank} completions per rank "
-            f"must be a multiple of {p.name}.group_size={G} so no group is split across ranks; change the "
-            f"batch size or the number of processes")
+    check_group_layout(p, p.options["grpo"].group_size, world_size, "completions")
 
 
 def user_prompts(p: PhaseConfig, ctx: Context) -> tuple[list, list]:

@@ -46,7 +46,7 @@ from train.data import embedded_pretraining
 from train.heads import policy_loss
 from train.kind import Context, ObjectiveKind, PhaseConfig
 from train.readers import DataError, read_documents, split_held_out
-from train.rollout import RolloutBatch
+from train.rollout import RolloutBatch, check_group_layout, check_groups
 from train.settings import ConfigError, check, choice, nonnegative, positive
 from train.thoughts import ThoughtSource, information_gain
 
@@ -74,21 +74,14 @@ def _check(p: PhaseConfig) -> None:
     o, at = p.options["rlp"], f"{p.name}."
     positive(o, at, "group_size", "max_new_tokens", "horizon")
     nonnegative(o, at, "top_k", "eps_low", "eps_high")
-    check(o, at, "group_size", o.group_size >= 2, ">= 2 (advantages compare the thoughts of a position)")
     check(o, at, "temperature", o.temperature > 0, "> 0 (thought log-probs divide by it)")
     check(o, at, "ema_decay", 0 < o.ema_decay < 1, "in (0, 1) (0 would make the baseline the policy itself)")
     check(o, at, "eps_low", o.eps_low < 1, "in [0, 1)")
-    if p.batch_size % o.group_size:
-        raise ConfigError(f"{at}batch_size={p.batch_size} (thoughts per step) must be a multiple of "
-                          f"{at}group_size={o.group_size}")
+    check_groups(p, o.group_size, "thoughts")
 
 
 def _check_layout(p: PhaseConfig, world_size: int) -> None:
-    """Each rank samples whole groups."""
-    G, per_rank = p.options["rlp"].group_size, p.batch_size // world_size
-    if per_rank % G:
-        raise ConfigError(f"{p.name}.batch_size / world_size = {p.batch_size}/{world_size} = {per_rank} thoughts per "
-                          f"rank must be a multiple of {p.name}.group_size={G} so no group is split across ranks")
+    check_group_layout(p, p.options["rlp"].group_size, world_size, "thoughts")
 
 
 def room(p: PhaseConfig, seq_len: int) -> int:

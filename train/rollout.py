@@ -54,6 +54,7 @@ from train.heads import completion_logprobs
 from train.kind import PhaseConfig
 from train.readers import DataError
 from train.refill import Refill, length_penalty
+from train.settings import ConfigError
 from train.tasks import checked_reward
 from train.tokenizer import Tokenizer
 
@@ -157,10 +158,8 @@ class RolloutSource:
 
     def _take(self, rows: int) -> range:
         """The global indices of this rank's prompts of the next rollout batch (its contiguous share)."""
-        share = rows // self.o.group_size // self.dist.world_size
-        first = self.cursor + self.dist.rank * share
-        self.cursor += rows // self.o.group_size
-        return range(first, first + share)
+        mine, self.cursor = take_groups(self.cursor, rows, self.o.group_size, self.dist)
+        return mine
 
     def _generate(self, model: GPT, prompts: list[list[int]], seeds: list[int], max_new_tokens: int) -> list:
         t0 = time.perf_counter()
@@ -308,6 +307,35 @@ class RolloutSource:
 
 
 ROW_FIELDS = ("idx", "targets", "doc_ids", "old_logp", "ref_logp", "advantages", "weights", "demo")  # (B, T), demo (B,)
+
+
+def check_groups(p: PhaseConfig, group_size: int, noun: str) -> None:
+    """A phase that samples groups: at least 2 per group (advantages compare the `noun`s of a group), and
+    batch_size a whole number of groups."""
+    at = f"{p.name}."
+    if group_size < 2:
+        raise ConfigError(f"{at}group_size={group_size} must be >= 2 (advantages compare {noun} of a group)")
+    if p.batch_size % group_size:
+        raise ConfigError(f"{at}batch_size={p.batch_size} ({noun} per step) must be a multiple of "
+                          f"{at}group_size={group_size}")
+
+
+def check_group_layout(p: PhaseConfig, group_size: int, world_size: int, noun: str) -> None:
+    """Each rank samples whole groups."""
+    per_rank = p.batch_size // world_size
+    if per_rank % group_size:
+        raise ConfigError(
+            f"{p.name}.batch_size / world_size = {p.batch_size}/{world_size} = {per_rank} {noun} per rank must be "
+            f"a multiple of {p.name}.group_size={group_size} so no group is split across ranks; change the batch "
+            f"size or the number of processes")
+
+
+def take_groups(cursor: int, rows: int, group_size: int, dist: Dist) -> tuple[range, int]:
+    """(the global indices of this rank's groups of the next step, its contiguous share; the cursor after the
+    step): every rank advances the cursor by the whole step's groups."""
+    share = rows // group_size // dist.world_size
+    first = cursor + dist.rank * share
+    return range(first, first + share), cursor + rows // group_size
 
 
 def _rows(batches: list[RolloutBatch]) -> dict:

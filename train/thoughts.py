@@ -35,7 +35,7 @@ from train.distributed import SINGLE, Dist
 from train.heads import completion_logprobs
 from train.kind import PhaseConfig
 from train.readers import DataError
-from train.rollout import RolloutBatch
+from train.rollout import RolloutBatch, take_groups
 from train.tokenizer import Tokenizer
 
 MAX_SKIPS = 64  # documents in a row too short for a position before a step gives up
@@ -151,10 +151,8 @@ class ThoughtSource:
 
     def _take(self, rows: int) -> range:
         """The global indices of this rank's positions of the next step (its contiguous share)."""
-        share = rows // self.o.group_size // self.dist.world_size
-        first = self.cursor + self.dist.rank * share
-        self.cursor += rows // self.o.group_size
-        return range(first, first + share)
+        mine, self.cursor = take_groups(self.cursor, rows, self.o.group_size, self.dist)
+        return mine
 
     def position(self, model, i: int) -> tuple[list[int], int]:
         """(document, t) of global position i: document i, or the first after it long enough for a position
