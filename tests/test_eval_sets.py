@@ -34,9 +34,10 @@ def test_a_smoke_run_with_a_variant_and_named_sets_reports_each_set(tmp_path, ca
         assert json.load(f)["phases"] == summary["phases"]
     for phase in summary["phases"]:  # every set after every phase, beside the phases' own sets and task/
         groups = dict(eval_groups([phase]))
-        assert list(groups) == ["pretrain", "sft", "task", "long", "carry", "mul"]
+        assert list(groups) == ["pretrain", "sft", "task", "long", "carry", "mul", "drift"]
         for name in ("task", "long", "carry", "mul"):
-            assert groups[name] == [f"{name}/accuracy", f"{name}/length", f"{name}/pass@2", f"{name}/sampled"]
+            assert groups[name] == [f"{name}/{m}" for m in ("accuracy", "entropy", "length", "pass@1", "pass@2",
+                                                            "sampled")]
     evals = [r for r in map(json.loads, open(out / "metrics.jsonl")) if r["kind"] == "eval"]
     assert len(evals) == 3 and all("mul/pass@2" in r for r in evals)
     text = capsys.readouterr().out
