@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from model.gpt import GPT
 from train.evaluate import task_accuracy
-from train.heads import policy_loss
+from train.heads import policy_objective
 from train.kind import Context, ObjectiveKind, PhaseConfig
 from train.blend import parse_schedule
 from train.guided import check_demos, guided
@@ -126,16 +126,9 @@ class GRPOObjective:
 
     def __call__(self, model: GPT, b: RolloutBatch):
         o = self.o
-        loss, st = policy_loss(model, b, temperature=o.temperature, eps_low=o.eps_low, eps_high=o.eps_high,
-                               beta=o.beta, backend=self.backend, importance=o.importance, gamma=o.shaping_gamma)
-        n = max(b.normaliser, 1.0)  # completion tokens in the whole step: the shares below add up to step means
-        metrics = {  # on the device, in fp64 (the loop reads a step's metrics back at once)
-            "loss": loss.detach(),
-            "kl": 0.0 if st.kl_sum is None else st.kl_sum.double() / n,
-            "clip": (st.low_clipped + st.high_clipped).double() / n,
-            "entropy": st.entropy_sum.double() / n,
-        }
-        return loss, metrics
+        return policy_objective(model, b, kl=True, temperature=o.temperature, eps_low=o.eps_low,
+                                eps_high=o.eps_high, beta=o.beta, backend=self.backend, importance=o.importance,
+                                gamma=o.shaping_gamma)
 
 
 GRPO = ObjectiveKind(

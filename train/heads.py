@@ -39,6 +39,19 @@ def completion_logprobs(model, batch: Batch, temperature: float, backend: str) -
     return out
 
 
+def policy_objective(model, batch, *, kl: bool, **options) -> tuple[torch.Tensor, dict]:
+    """`policy_loss(model, batch, **options)` and the step metrics of a policy-gradient objective, on the device
+    in fp64 (the loop reads a step's metrics back at once): each a share of the whole step's supervised tokens,
+    so the micro-batches' shares add up to step means; the KL's when `kl`."""
+    loss, st = policy_loss(model, batch, **options)
+    n = max(batch.normaliser, 1.0)
+    metrics = {"loss": loss.detach()}
+    if kl:
+        metrics["kl"] = 0.0 if st.kl_sum is None else st.kl_sum.double() / n
+    metrics |= {"clip": (st.low_clipped + st.high_clipped).double() / n, "entropy": st.entropy_sum.double() / n}
+    return loss, metrics
+
+
 def policy_loss(model, batch, *, temperature: float, eps_low: float, eps_high: float, beta: float,
                 backend: str, importance: str = "token", gamma: float = 0.1) -> tuple[torch.Tensor, GRPOStats]:
     """The clipped GRPO loss (with k3 KL when beta > 0) over the completion tokens of a rollout micro-batch,

@@ -43,7 +43,7 @@ import torch
 from model.gpt import GPT
 from model.sampler import generate
 from train.data import embedded_pretraining
-from train.heads import policy_loss
+from train.heads import policy_objective
 from train.kind import Context, ObjectiveKind, PhaseConfig
 from train.readers import DataError, read_documents, split_held_out
 from train.rollout import RolloutBatch, check_group_layout, check_groups
@@ -161,11 +161,8 @@ class RLPObjective:
 
     def __call__(self, model: GPT, b: RolloutBatch):
         o = self.o
-        loss, st = policy_loss(model, b, temperature=o.temperature, eps_low=o.eps_low, eps_high=o.eps_high,
-                               beta=0.0, backend=self.backend)
-        n = max(b.normaliser, 1.0)  # thought tokens in the whole step: the shares below add up to step means
-        return loss, {"loss": loss.detach(), "clip": (st.low_clipped + st.high_clipped).double() / n,
-                      "entropy": st.entropy_sum.double() / n}
+        return policy_objective(model, b, kl=False, temperature=o.temperature, eps_low=o.eps_low,
+                                eps_high=o.eps_high, beta=0.0, backend=self.backend)
 
 
 RLP = ObjectiveKind(
