@@ -119,16 +119,23 @@ def _sources(p: PhaseConfig, ctx: Context):
 
 
 class GRPOObjective:
-    """Clipped policy gradient with optional k3 KL, aggregated by the rollout batch's token weights."""
+    """Clipped policy gradient with optional k3 KL, aggregated by the rollout batch's token weights. A kind
+    that trains the same loss with fewer knobs subclasses it: `kind` names its options section, `kl` whether
+    the KL metric is reported, and `extra` the loss options beyond temperature and clip range."""
+
+    kind, kl = "grpo", True
 
     def __init__(self, p: PhaseConfig, backend: str = "auto"):
-        self.o, self.backend = p.options["grpo"], backend
+        self.o, self.backend = p.options[self.kind], backend
+
+    def extra(self) -> dict:
+        o = self.o
+        return {"beta": o.beta, "importance": o.importance, "gamma": o.shaping_gamma}
 
     def __call__(self, model: GPT, b: RolloutBatch):
         o = self.o
-        return policy_objective(model, b, kl=True, temperature=o.temperature, eps_low=o.eps_low,
-                                eps_high=o.eps_high, beta=o.beta, backend=self.backend, importance=o.importance,
-                                gamma=o.shaping_gamma)
+        return policy_objective(model, b, kl=self.kl, temperature=o.temperature, eps_low=o.eps_low,
+                                eps_high=o.eps_high, backend=self.backend, **self.extra())
 
 
 GRPO = ObjectiveKind(

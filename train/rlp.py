@@ -43,10 +43,10 @@ import torch
 from model.gpt import GPT
 from model.sampler import generate
 from train.data import embedded_pretraining
-from train.heads import policy_objective
+from train.grpo import GRPOObjective
 from train.kind import Context, ObjectiveKind, PhaseConfig
 from train.readers import DataError, read_documents, split_held_out
-from train.rollout import RolloutBatch, check_group_layout, check_groups
+from train.rollout import check_group_layout, check_groups
 from train.settings import ConfigError, check, choice, nonnegative, positive
 from train.thoughts import ThoughtSource, information_gain
 
@@ -153,16 +153,13 @@ def held_out_gain(model: GPT, source: ThoughtSource, docs: list[list[int]]) -> d
             "empty": sum(c[:1] == [tok.end] for c in thoughts) / n}
 
 
-class RLPObjective:
+class RLPObjective(GRPOObjective):
     """GRPO's clipped surrogate on the thought tokens (no KL), aggregated by the step's token weights."""
 
-    def __init__(self, p: PhaseConfig, backend: str = "auto"):
-        self.o, self.backend = p.options["rlp"], backend
+    kind, kl = "rlp", False
 
-    def __call__(self, model: GPT, b: RolloutBatch):
-        o = self.o
-        return policy_objective(model, b, kl=False, temperature=o.temperature, eps_low=o.eps_low,
-                                eps_high=o.eps_high, beta=0.0, backend=self.backend)
+    def extra(self) -> dict:
+        return {"beta": 0.0}
 
 
 RLP = ObjectiveKind(
