@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from train import checkpoint
+from train import checkpoint, think
 from train.cli import main
 from train.config import apply_overrides, load_preset
 from train.run import run
@@ -33,7 +33,7 @@ def records(out, phase):
         return [r for r in map(json.loads, f) if r.get("phase") == phase and r["kind"] == "train"]
 
 
-def test_the_smoke_schedule_with_an_rlp_phase_runs_end_to_end(tmp_path):
+def test_the_smoke_schedule_with_an_rlp_phase_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["--preset=smoke", f"--phases={SCHEDULE}", f"--out={out}", *(f"--{k}={v}" for k, v in
                                                                              (QUICK | RLP).items())]) == 0
@@ -47,6 +47,13 @@ def test_the_smoke_schedule_with_an_rlp_phase_runs_end_to_end(tmp_path):
     assert all("rlp/info_gain" in e for e in evals)  # the held-out gain after every phase, before rlp too
     ema = checkpoint.load(str(out))["sources"]["rlp"]
     assert ema["ema_updates"] == 3 and ema["ema"] is not None
+    # the thoughts the RLP model writes before an answer, read back from the run folder
+    capsys.readouterr()
+    assert think.main([str(out), "--phase=rlp", "--n=2", "--samples=1", "--max_new_tokens=4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("greedy " in line for line in lines[:4]) == 2 and sum("sampled " in line for line in lines[:4]) == 2
+    assert lines[-2].startswith("greedy   thoughts: 2,") and lines[-1].startswith("sampled  thoughts: 2,")
+    assert think.main([str(out), "--phase=cpt"]) == 2 and "no phase-end checkpoint of phase 'cpt'" in capsys.readouterr().err
 
 
 def test_aux_pretrain_mixes_next_token_loss_into_an_rlp_phase(tmp_path):
