@@ -27,4 +27,5 @@ for s in $SEEDS; do
 done
 python -m train.compare "$ROOT"/sft-only-s*/ "$ROOT"/sft-grpo-s*/ "$ROOT"/luffy-s*/ "$ROOT"/prefix-s*/ \
     "$ROOT"/decay-s*/ "$ROOT"/srft-s*/ "$ROOT"/zero-luffy-s*/ --out="$ROOT/blend" \
-    --metrics='task/accuracy,task/pass@*,task/length,task/entropy,drift/kl_chat@init'
+    --metrics='task/accuracy,task/pass@*,task/length,task/entropy,drift/kl_chat@init' \
+    --curves='grpo/reward,grpo/demo_*,grpo/aux_weight/*,grpo/prefix_tokens'

@@ -28,4 +28,5 @@ for s in $SEEDS; do
         --rlp.aux=pretrain=1
 done
 python -m train.compare "$ROOT"/cpt-s*/ "$ROOT"/rlp-s*/ "$ROOT"/rlp-mix-s*/ --out="$ROOT/rlp" \
-    --metrics='task/accuracy,task/pass@*,task/length,rlp/*,drift/kl_*@init'
+    --metrics='task/accuracy,task/pass@*,task/length,rlp/*,drift/kl_*@init' \
+    --curves='rlp/info_gain,rlp/length,grpo/reward'

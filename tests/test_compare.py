@@ -65,3 +65,22 @@ def test_branches_of_seed_repeats_are_one_group_and_metrics_filter(tmp_path, cap
     assert "| metric | rl | rl-other |" in printed
     assert "| sft/loss | 3.0000 ± 1.4142 (n=2) | 5.0000 |" in printed
     assert "drift/" not in printed
+
+
+def test_training_curves_are_averaged_over_repeats_by_step_within_the_phase(tmp_path, capsys):
+    runs = []
+    for s in range(2):
+        d = tmp_path / f"rl-s{s}"
+        runs.append(fake_run(tmp_path, d.name, s, [1.0, 1.0]))
+        summary = json.loads((d / "summary.json").read_text())
+        for phase, steps in zip(summary["phases"], (4, 2)):  # sft is steps 5 and 6 of the run
+            phase["steps"] = steps
+        (d / "summary.json").write_text(json.dumps(summary))
+        records = [{"kind": "train", "phase": "sft", "step": step, "reward": step + s, "loss": 9.0}
+                   for step in (5, 6)] + [{"kind": "eval", "phase": "sft", "step": 6, "reward": 100.0}]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(runs + ["--out", str(tmp_path / "cmp"), "--curves=sft/rew*"]) == 0
+    printed = capsys.readouterr().out
+    # step 1 of sft: rewards 5 and 6 (mean 5.5); step 2: 6 and 7 (6.5); eval records and other keys left out
+    assert "| sft/reward | rl | 5.5000 | 6.5000 | 6.0000 |" in printed
+    assert "| sft/loss | rl |" not in printed and os.path.getsize(tmp_path / "cmp" / "curves.png") > 0

@@ -9,7 +9,10 @@ read from the parents' folders, are repeats of each other, so `--init_from=runs/
 `--init_from=runs/A-s1` at seed 1 are one group. A group is labelled by its first folder's name without a
 trailing seed (`-s0`). `--metrics=GLOB,...` keeps only the metrics matching one of the patterns. Prints one
 table per phase (metrics down, groups across) and writes it to DIR/compare.md with DIR/compare.png (one
-panel per metric, a line per group over the phases, std as error bars). A missing folder, or a run that has
+panel per metric, a line per group over the phases, std as error bars). `--curves=GLOB,...` adds training
+curves from each run's metrics.jsonl, named PHASE/KEY (e.g. `grpo/reward`) over the step within the phase:
+averaged over a group's runs, a table of the first and last logged value and the phase mean, and
+DIR/curves.png. A missing folder, or a run that has
 not finished (no summary.json), is a one-line error and exit status 2.
 """
 from __future__ import annotations
@@ -142,19 +145,76 @@ def figure(groups: dict[str, list], rows: dict):
     return fig, plt
 
 
+def curves(groups: dict[str, list], patterns: list[str]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """{PHASE/KEY: {group: {step within the phase: [value of each run]}}} of the logged training records whose
+    PHASE/KEY matches one of `patterns`."""
+    out: dict[str, dict] = {}
+    for label, members in groups.items():
+        for folder, summary in members:
+            start, starts = 0, {}
+            for phase in summary["phases"]:
+                starts[phase["name"]], start = start, start + phase["steps"]
+            try:
+                with open(os.path.join(folder, "metrics.jsonl")) as f:
+                    records = [json.loads(line) for line in f if line.strip()]
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{folder}: metrics.jsonl unreadable ({e})") from None
+            for r in records:
+                if r.get("kind") != "train" or r.get("phase") not in starts:
+                    continue
+                for k, v in r.items():
+                    name = f"{r['phase']}/{k}"
+                    if isinstance(v, (int, float)) and any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                        step = r["step"] - starts[r["phase"]]
+                        out.setdefault(name, {}).setdefault(label, {}).setdefault(step, []).append(float(v))
+    return out
+
+
+def curve_markdown(lines_: dict) -> str:
+    lines = ["", "## training curves (mean over a group's runs: first logged step → last, and the mean over the phase)",
+             "", "| curve | group | first | last | phase mean |", "|---|---|---|---|---|"]
+    for name, per_group in lines_.items():
+        for g, points in per_group.items():
+            ys = [statistics.mean(points[x]) for x in sorted(points)]
+            lines.append(f"| {name} | {g} | {ys[0]:.4f} | {ys[-1]:.4f} | {statistics.mean(ys):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def curve_figure(lines_: dict):
+    """One panel per curve: a line per group, the mean over its runs at each logged step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(lines_), figsize=(4.2 * len(lines_), 3.2), squeeze=False)
+    for ax, (name, per_group) in zip(axes.flat, lines_.items()):
+        for g, points in per_group.items():
+            xs = sorted(points)
+            ax.plot(xs, [statistics.mean(points[x]) for x in xs], marker=".", label=g)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step within the phase", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig, plt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders (finished runs)")
     ap.add_argument("--out", default="compare", help="folder for compare.md and compare.png (default: compare)")
     ap.add_argument("--metrics", default="", help="comma-separated globs of the metrics to show, e.g. 'task/*,drift/kl_*'")
+    ap.add_argument("--curves", default="", help="comma-separated globs of training curves, PHASE/KEY, e.g. 'grpo/reward'")
     args = ap.parse_args(argv)
     try:
         groups = group(args.runs)
+        lines = curves(groups, [p for p in args.curves.split(",") if p]) if args.curves else {}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = table(groups, [p for p in args.metrics.split(",") if p])
-    text = markdown(groups, rows)
+    text = markdown(groups, rows) + (curve_markdown(lines) if lines else "")
     print(text, end="")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compare.md"), "w") as f:
@@ -162,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         fig, plt = figure(groups, rows)
         fig.savefig(os.path.join(args.out, "compare.png"), dpi=100)
+        plt.close(fig)
+    if lines:
+        fig, plt = curve_figure(lines)
+        fig.savefig(os.path.join(args.out, "curves.png"), dpi=100)
         plt.close(fig)
     return 0
 
