@@ -44,24 +44,29 @@ def answer_positions(task: ArithmeticTask, tok: Tokenizer, n: int) -> list[tuple
 
 @torch.no_grad()
 def show(model: GPT, tok: Tokenizer, task: ArithmeticTask, *, n: int, samples: int, max_new_tokens: int,
-         horizon: int, seed: int = 0) -> list[dict]:
-    """One record per (position, thought): the context's last line, the thought, the text it precedes, the
-    information gain, and whether it is the greedy thought."""
+         horizon: int, seed: int = 0, micro_rows: int = 64) -> list[dict]:
+    """One record per (position, thought), the greedy thought of a position first: the context, the thought,
+    the text it precedes, the information gain, and whether it is the greedy thought."""
+    positions = answer_positions(task, tok, n)
+    contexts = [doc[:t] for doc, t in positions]
+    prompts = [c + [tok.assistant] for c in contexts]
+    kw = dict(max_new_tokens=max_new_tokens, stop_id=tok.end, pad_id=tok.pad)
+    thoughts = [[c] for c in generate(model, prompts, temperature=0.0, **kw)]
+    if samples:  # one seed per thought: a thought does not depend on which others are sampled beside it
+        sampled = generate(model, [p for p in prompts for _ in range(samples)], temperature=1.0,
+                           seeds=[seed * 1_000_003 + i * 101 + j for i in range(n) for j in range(samples)], **kw)
+        for i in range(n):
+            thoughts[i] += sampled[i * samples : (i + 1) * samples]
+    flat = [(i, c) for i in range(n) for c in thoughts[i]]
+    gains = information_gain(model, model, [contexts[i] for i, _ in flat], [c for _, c in flat],
+                             [doc[t : t + horizon] for i, _ in flat for doc, t in [positions[i]]],
+                             tok=tok, micro_rows=micro_rows, backend="reference")
     records = []
-    for doc, t in answer_positions(task, tok, n):
-        context, continuation = doc[:t], doc[t : t + horizon]
-        prompt = context + [tok.assistant]
-        thoughts = generate(model, [prompt], max_new_tokens=max_new_tokens, temperature=0.0, stop_id=tok.end,
-                            pad_id=tok.pad)
-        if samples:
-            thoughts += generate(model, [prompt] * samples, max_new_tokens=max_new_tokens, temperature=1.0,
-                                 stop_id=tok.end, pad_id=tok.pad, seeds=[seed * 1_000_003 + t * 101 + j
-                                                                          for j in range(samples)])
-        gains = information_gain(model, model, [context] * len(thoughts), thoughts, [continuation] * len(thoughts),
-                                 tok=tok, micro_rows=len(thoughts), backend="reference")
-        for j, (c, g) in enumerate(zip(thoughts, gains.tolist())):
-            records.append({"context": tok.decode(context), "thought": tok.decode(c), "thought_ids": c,
-                            "continuation": tok.decode(continuation), "info_gain": g, "greedy": j == 0})
+    for k, ((i, c), g) in enumerate(zip(flat, gains.tolist())):
+        doc, t = positions[i]
+        records.append({"context": tok.decode(contexts[i]), "thought": tok.decode(c), "thought_ids": c,
+                        "continuation": tok.decode(doc[t : t + horizon]), "info_gain": g,
+                        "greedy": k == 0 or flat[k - 1][0] != i})
     return records
 
 
