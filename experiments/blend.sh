@@ -8,7 +8,9 @@
 #   decay         … → GRPO + SFT, the SFT weight cosine 1 → 0
 #   srft          … → GRPO + SFT, SRFT's entropy-aware weight exp(−H)
 #   zero-luffy    pretrain → GRPO with one demonstration per group (190 steps, no SFT stage)
-# The four guided recipes branch from sft-grpo's SFT checkpoint (same seed and optimizer state: the branch
+#   …-lr          luffy and srft again at lr_scale 0.1 (3e-4, the LR of SFT's last steps) instead of GRPO's 0.02:
+#                 the SFT-only baseline's extra 40 steps run at 3e-4 to 1.5e-4, GRPO's at 6e-5
+# The guided recipes branch from sft-grpo's SFT checkpoint (same seed and optimizer state: the branch
 # reproduces sft-grpo's GRPO phase exactly when nothing is changed), so their SFT stage is sft-grpo's.
 source "$(dirname "$0")/common.sh"
 D0=(--task.direct=0)
@@ -25,7 +27,14 @@ for s in $SEEDS; do
     run "srft-s$s" "${after_sft[@]}" --grpo.aux=sft=1 --grpo.aux_schedule=srft:1
     run "zero-luffy-s$s" "${from[@]}" --phases=grpo:grpo --grpo.steps=190 --grpo.demos=1
 done
+for s in $SEEDS; do
+    after_sft=(--seed="$s" --init_from="$ROOT/sft-grpo-s$s" --init_phase=sft --init_optimizer=true "${D0[@]}"
+               --phases=grpo:grpo --grpo.lr_scale=0.1)
+    run "luffy-lr-s$s" "${after_sft[@]}" --grpo.demos=1
+    run "srft-lr-s$s" "${after_sft[@]}" --grpo.aux=sft=1 --grpo.aux_schedule=srft:1
+done
 python -m train.compare "$ROOT"/sft-only-s*/ "$ROOT"/sft-grpo-s*/ "$ROOT"/luffy-s*/ "$ROOT"/prefix-s*/ \
-    "$ROOT"/decay-s*/ "$ROOT"/srft-s*/ "$ROOT"/zero-luffy-s*/ --out="$ROOT/blend" \
+    "$ROOT"/decay-s*/ "$ROOT"/srft-s*/ "$ROOT"/zero-luffy-s*/ "$ROOT"/luffy-lr-s*/ "$ROOT"/srft-lr-s*/ \
+    --out="$ROOT/blend" \
     --metrics='task/accuracy,task/pass@*,task/length,task/entropy,drift/kl_chat@init' \
     --curves='grpo/reward,grpo/demo_*,grpo/aux_weight/*,grpo/prefix_tokens'
