@@ -6,6 +6,7 @@
 #   cpt       next-token continued pretraining, 100 steps at pretraining's final LR
 #   rlp       RLP, 300 steps of 16 thoughts (4 positions × 4)
 #   rlp-mix   RLP + next-token loss on a full pretraining step each step (RMT-style), 75 steps
+#   rlp-hi    rlp at the next step size of the sweep (RLP_HI), where the information gain does rise
 # First a step-size sweep of the 300-step RLP phase alone on seed 0 (STEP_SIZES); the arms use the largest
 # step size whose RLP phase keeps the model's chat turns, KL(pretrained ‖ after) on assistant tokens < 1
 # nat (RLP_LR overrides the pick). Last, the thoughts each model writes before an answer (python -m
@@ -13,6 +14,7 @@
 source "$(dirname "$0")/common.sh"
 D1=(--task.direct=1)
 STEP_SIZES=${STEP_SIZES:-"0.005 0.02 0.1"}
+RLP_HI=${RLP_HI:-0.02}
 RLP=(--rlp.warmup_steps=0 --rlp.decay=constant)
 parent() { echo --seed="$1" --init_from="$ROOT/pretrain-d1-s$1" --init_phase=pretrain --init_optimizer=true "${D1[@]}"; }
 
@@ -36,14 +38,15 @@ for s in $SEEDS; do
     run "rlp-s$s" $(parent "$s") --phases=rlp:rlp,sft:sft,grpo:grpo "${RLP[@]}" --rlp.steps=300 --rlp.lr_scale="$RLP_LR"
     run "rlp-mix-s$s" $(parent "$s") --phases=rlp:rlp,sft:sft,grpo:grpo "${RLP[@]}" --rlp.steps=75 \
         --rlp.lr_scale="$RLP_LR" --rlp.aux=pretrain=1
+    run "rlp-hi-s$s" $(parent "$s") --phases=rlp:rlp,sft:sft,grpo:grpo "${RLP[@]}" --rlp.steps=300 --rlp.lr_scale="$RLP_HI"
 done
-python -m train.compare "$ROOT"/cpt-s*/ "$ROOT"/rlp-s*/ "$ROOT"/rlp-mix-s*/ --out="$ROOT/rlp" \
+python -m train.compare "$ROOT"/cpt-s*/ "$ROOT"/rlp-s*/ "$ROOT"/rlp-mix-s*/ "$ROOT"/rlp-hi-s*/ --out="$ROOT/rlp" \
     --metrics='task/accuracy,task/pass@*,task/length,rlp/*,drift/kl_*@init' \
     --curves='rlp/info_gain,rlp/length,rlp/truncated,grpo/reward'
 for s in $SEEDS; do  # information gain of thoughts at answer positions, before and after each middle phase
     python -m train.think "$ROOT/pretrain-d1-s$s" --phase=pretrain --n=200 > "$ROOT/thoughts-pretrain-s$s.txt"
-    for arm in cpt rlp rlp-mix; do
-        for phase in ${arm%-mix} grpo; do
+    for arm in cpt rlp rlp-mix rlp-hi; do
+        for phase in ${arm%-*} grpo; do
             python -m train.think "$ROOT/$arm-s$s" --phase="$phase" --n=200 > "$ROOT/thoughts-$arm-$phase-s$s.txt"
         done
     done
