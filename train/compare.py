@@ -181,21 +181,28 @@ def curve_markdown(lines_: dict) -> str:
 
 
 def curve_figure(lines_: dict):
-    """One panel per curve: a line per group, the mean over its runs at each logged step."""
+    """One panel per curve: a line per group (one colour per group in every panel), the mean over its runs
+    at each logged step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(lines_), figsize=(4.2 * len(lines_), 3.2), squeeze=False)
+    groups = list(dict.fromkeys(g for per_group in lines_.values() for g in per_group))
+    colour = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    cols = min(3, len(lines_))
+    rows = -(-len(lines_) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(lines_):]:
+        ax.set_visible(False)
     for ax, (name, per_group) in zip(axes.flat, lines_.items()):
         for g, points in per_group.items():
             xs = sorted(points)
-            ax.plot(xs, [statistics.mean(points[x]) for x in xs], marker=".", label=g)
+            ax.plot(xs, [statistics.mean(points[x]) for x in xs], marker=".", color=colour[g], label=g)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step within the phase", fontsize=8)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig, plt
 

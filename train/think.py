@@ -29,6 +29,21 @@ from train.thoughts import information_gain
 from train.tokenizer import Tokenizer
 
 
+def readable(tok: Tokenizer, ids: list[int]) -> str:
+    """The text of `ids`, with an id past the tokenizer's vocabulary (the model's vocabulary is padded to a
+    multiple of 64, and a policy trained hard enough can sample a padding id) shown as <|id N|>."""
+    out, run = [], []
+    for t in ids + [-1]:
+        if 0 <= t < tok.n_vocab:
+            run.append(t)
+            continue
+        out.append(tok.decode(run))
+        run = []
+        if t >= 0:
+            out.append(f"<|id {t}|>")
+    return "".join(out)
+
+
 def answer_positions(task: ArithmeticTask, tok: Tokenizer, n: int) -> list[tuple[list[int], int]]:
     """(document, t) for held-out problems 0..n−1: the answer-only chat turn and the index of the answer's
     first token (doc[:t] ends with "Answer:" and whatever the tokenizer joins to it before the digits)."""
@@ -64,7 +79,7 @@ def show(model: GPT, tok: Tokenizer, task: ArithmeticTask, *, n: int, samples: i
     records = []
     for k, ((i, c), g) in enumerate(zip(flat, gains.tolist())):
         doc, t = positions[i]
-        records.append({"context": tok.decode(contexts[i]), "thought": tok.decode(c), "thought_ids": c,
+        records.append({"context": tok.decode(contexts[i]), "thought": readable(tok, c), "thought_ids": c,
                         "continuation": tok.decode(doc[t : t + horizon]), "info_gain": g,
                         "greedy": k == 0 or flat[k - 1][0] != i})
     return records
