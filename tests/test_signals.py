@@ -88,7 +88,16 @@ def test_sigint_saves_and_exits_130(tmp_path, capsys, monkeypatch):
     assert checkpoint.load(out)["step"] == 3
 
 
-def test_a_second_signal_stops_at_once(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def interactive_sigint():
+    """SIGINT handled as in a terminal: a job started in the background (nohup, `cmd &` in a script) inherits
+    SIGINT ignored, and the handler the run restores is the one it found."""
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, found)
+
+
+def test_a_second_signal_stops_at_once(tmp_path, capsys, monkeypatch, interactive_sigint):
     out = str(tmp_path / "run")
     train_step = train.loop.Trainer.train_step
 
