@@ -98,6 +98,11 @@ def _active() -> bool:
     return tdist.is_available() and tdist.is_initialized()
 
 
+def rank() -> int:
+    """This process's rank in the process group (0 when single-process)."""
+    return tdist.get_rank() if _active() else 0
+
+
 def _comm_device() -> torch.device:
     """NCCL reduces CUDA tensors only; gloo is used here with CPU tensors."""
     return torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else torch.device("cpu")

@@ -68,14 +68,11 @@ def policy_loss(model, batch, *, temperature: float, eps_low: float, eps_high: f
     def at(t: torch.Tensor | None):
         return None if t is None else t[sel]
 
+    args = (hidden[sel], model.lm_head.weight, batch.targets[sel], at(batch.old_logp), at(batch.ref_logp),
+            at(batch.advantages), at(batch.weights))
+    options = dict(temperature=temperature, eps_low=eps_low, eps_high=eps_high, beta=beta, return_entropy=True,
+                   importance=importance, seq_ids=seq_ids, backend=backend)
     demo = getattr(batch, "demo", None)
     if demo is not None:
-        return linear_shaped_grpo_loss(hidden[sel], model.lm_head.weight, batch.targets[sel], at(batch.old_logp),
-                                       at(batch.ref_logp), at(batch.advantages), at(batch.weights),
-                                       demo[:, None].expand_as(sel)[sel], gamma=gamma, temperature=temperature,
-                                       eps_low=eps_low, eps_high=eps_high, beta=beta, return_entropy=True,
-                                       importance=importance, seq_ids=seq_ids, backend=backend)
-    return linear_grpo_loss(hidden[sel], model.lm_head.weight, batch.targets[sel], at(batch.old_logp),
-                            at(batch.ref_logp), at(batch.advantages), at(batch.weights), temperature=temperature,
-                            eps_low=eps_low, eps_high=eps_high, beta=beta, return_entropy=True, importance=importance,
-                            seq_ids=seq_ids, backend=backend)
+        return linear_shaped_grpo_loss(*args, demo[:, None].expand_as(sel)[sel], gamma=gamma, **options)
+    return linear_grpo_loss(*args, **options)

@@ -97,13 +97,8 @@ class AuxWeight:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.entropy = state["step"], state["entropy"]
-        mine = state["pending"] if _rank() == 0 else 0.0  # rank 0 holds the global sum, the others nothing
+        mine = state["pending"] if distributed.rank() == 0 else 0.0  # rank 0 holds the global sum, the others nothing
         self.pending = torch.tensor(mine, dtype=torch.float64)
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
-        else 0
 
 
 class MixedSource:

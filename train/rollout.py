@@ -98,6 +98,8 @@ class RolloutSource:
         self.p, self.tok, self.prompt, self.reward_fn, self.count = p, tok, prompt, reward_fn, count
         self.backend = backend  # the kernel switch, for scoring log-probs as the objective does (train/heads.py)
         self.o = p.options["grpo"]  # the phase's GRPO knobs (train/grpo.py: GRPOOptions)
+        # Prefix-RFT's share of the demonstration given as prefix, of the phase's progress (train/guided.py)
+        self.prefix = parse_schedule(self.o.prefix, f"{p.name}.prefix") if self.o.prefix else None
         self.seed, self.dist = seed, dist
         self.cursor = 0  # next global prompt index (the same on every rank)
         self.rollouts = 0  # rollout batches drawn so far in the phase (the prefix schedule's clock)
@@ -190,9 +192,7 @@ class RolloutSource:
 
     def prefix_fraction(self) -> float:
         """The share of the demonstration given as prefix at this rollout batch (0 without grpo.prefix)."""
-        o = self.o
-        return parse_schedule(o.prefix, f"{self.p.name}.prefix")(progress(self.rollouts * o.mu, self.p.steps)) \
-            if o.prefix else 0.0
+        return self.prefix(progress(self.rollouts * self.o.mu, self.p.steps)) if self.prefix else 0.0
 
     def _score(self, s: Sampled) -> Sampled:
         """Each completion's reward: one finite number from the reward function, clamped into range; whether it

@@ -24,6 +24,7 @@ from model.gpt import GPT, GPTConfig
 from model.sampler import generate
 from train import branch, checkpoint
 from train.checkpoint import CheckpointError
+from train.config import TaskConfig
 from train.tasks import ArithmeticTask
 from train.thoughts import information_gain
 from train.tokenizer import Tokenizer
@@ -94,8 +95,7 @@ def load(run_dir: str, phase: str) -> tuple[GPT, Tokenizer, ArithmeticTask]:
     tok = Tokenizer.loads(state["tokenizer"], source=path)
     model = GPT(GPTConfig(**state["identity"]["model"], kernels="reference")).eval()
     checkpoint.load_model_state(model, state["model"], path)
-    t = config["task"]
-    return model, tok, ArithmeticTask(t["digits"], t["ops"], config["seed"], t["direct"])
+    return model, tok, TaskConfig(**config["task"]).arithmetic(config["seed"])
 
 
 def main(argv: list[str] | None = None) -> int:
